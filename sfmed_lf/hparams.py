@@ -1,0 +1,117 @@
+"""SF-Med options for ``llamafactory-cli``: a FinetuningArguments subclass, so they work in YAML, as key=value
+overrides, in ``llamafactory-cli train -h`` and in LLaMA-Board's extra-arguments box.
+
+All option names start with ``sfmed_``. The subclass is swapped into LLaMA-Factory's argument parser by
+``sfmed_lf.integration``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llamafactory.hparams.finetuning_args import FinetuningArguments
+
+from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
+
+
+@dataclass
+class OnlineMergingArguments:
+    """Online model merging for DPO (SF-Med §3.3, Lu et al. 2024)."""
+
+    sfmed_merge_method: Literal["none", "ondare", "onties"] = field(
+        default="none",
+        metadata={
+            "help": "Online merging in DPO: `ondare` (random sparsification) or `onties` (top-p magnitude + sign "
+            "election). `none` trains with LLaMA-Factory's usual optimizer."
+        },
+    )
+    sfmed_merge_base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Path or hub id of theta_base, the model SFT started from (tau = theta_sft - theta_base). "
+            "Required with online merging; must have the policy's parameter names and shapes."
+        },
+    )
+    sfmed_merge_sft_model: str | None = field(
+        default=None,
+        metadata={"help": "Path or hub id of theta_sft. Default: model_name_or_path (the policy's start weights)."},
+    )
+    sfmed_merge_keep_prob: float = field(
+        default=0.01,
+        metadata={"help": "p: fraction of entries kept by every sparsification, of tau (once) and of each update."},
+    )
+    sfmed_merge_alpha: float = field(
+        default=1e-7,
+        metadata={"help": "alpha in theta += alpha * tau' + (1 - alpha) * delta'. Default from the authors' script."},
+    )
+    sfmed_merge_rescale: Literal["none", "inverse_p", "l1"] = field(
+        default="none",
+        metadata={
+            "help": "Rescaling of kept entries: `none` (the paper), `inverse_p` (1/p, like the reference code's "
+            "F.dropout) or `l1` (keep the L1 norm)."
+        },
+    )
+    sfmed_merge_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the sparsification masks. Default: the training `seed`."},
+    )
+    sfmed_merge_check_replicas: bool = field(
+        default=True,
+        metadata={
+            "help": "With several data-parallel ranks, compare a checksum of the weights of every rank at the end "
+            "of training and fail if they differ (written to sfmed_replica_check.json)."
+        },
+    )
+
+    @property
+    def online_merging_enabled(self) -> bool:
+        return self.sfmed_merge_method != MergeMethod.NONE.value
+
+    def online_merging_config(self, default_seed: int) -> OnlineMergingConfig:
+        return OnlineMergingConfig(
+            method=MergeMethod(self.sfmed_merge_method),
+            keep_prob=self.sfmed_merge_keep_prob,
+            alpha=self.sfmed_merge_alpha,
+            rescale=Rescale(self.sfmed_merge_rescale),
+            seed=default_seed if self.sfmed_merge_seed is None else self.sfmed_merge_seed,
+        )
+
+
+_CONFLICTING_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+
+
+@dataclass
+class SFMedFinetuningArguments(FinetuningArguments, OnlineMergingArguments):
+    """LLaMA-Factory's FinetuningArguments plus the SF-Med options."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_online_merging()
+
+    def _validate_online_merging(self) -> None:
+        def fail(problem: str) -> None:
+            raise ValueError(f"sfmed_merge_method={self.sfmed_merge_method}: {problem}")
+
+        if self.sfmed_merge_method not in {m.value for m in MergeMethod}:
+            fail(f"unknown method; choose one of {', '.join(m.value for m in MergeMethod)}.")
+        if not self.online_merging_enabled:
+            return
+        if self.stage != "dpo":
+            fail(f"online merging is implemented for `stage: dpo`, got `stage: {self.stage}`.")
+        if self.finetuning_type != "full":
+            fail(
+                f"needs `finetuning_type: full`, got `{self.finetuning_type}`: tau = theta_sft - theta_base and the "
+                "merged update cover every weight of the model, which LoRA and freeze tuning do not train."
+            )
+        if not self.sfmed_merge_base_model:
+            fail("set `sfmed_merge_base_model` to theta_base, the model SFT started from.")
+        if self.sfmed_merge_rescale not in {r.value for r in Rescale}:
+            fail(f"sfmed_merge_rescale must be one of {', '.join(r.value for r in Rescale)}.")
+        for option in _CONFLICTING_OPTIMIZERS:
+            if getattr(self, option, False):
+                fail(f"`{option}` selects another optimizer; online merging replaces AdamW and cannot combine.")
+        try:
+            self.online_merging_config(default_seed=0)
+        except ValueError as error:
+            fail(str(error))

@@ -1,0 +1,122 @@
+"""The one place where sfmed-lf touches LLaMA-Factory.
+
+Every LLaMA-Factory symbol the package reads, subclasses or replaces is listed in ``LF_SYMBOLS``; the patches
+that act on them are in ``MODULE_PATCHES``, keyed by the module whose execution triggers them. The start-up hook
+(``_bootstrap``) calls :func:`on_module_executed` right after such a module runs, so the patches reach every process
+that imports LLaMA-Factory: ``llamafactory-cli`` commands, torchrun workers and LLaMA-Board's training subprocess.
+
+Guards: :data:`SUPPORTED_LLAMAFACTORY_VERSION` is checked on the first ``import llamafactory``; the environment
+variable ``SFMED_LF_DISABLE=1`` (the kill switch) keeps the hook and every patch out.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from sfmed_lf import _bootstrap
+
+SUPPORTED_LLAMAFACTORY_VERSION = "0.9.5"
+KILL_SWITCH_ENV = _bootstrap.KILL_SWITCH_ENV
+
+
+class UnsupportedLlamaFactoryVersion(ImportError):
+    """LLaMA-Factory is installed at a version whose internals sfmed-lf has not been checked against."""
+
+
+@dataclass(frozen=True)
+class LFSymbol:
+    module: str
+    name: str
+    use: str
+
+
+LF_SYMBOLS: tuple[LFSymbol, ...] = (
+    LFSymbol("llamafactory.data.template", "TEMPLATES", "read `qwen`; entries `sfmed`, `sfmed_multiturn` added"),
+    LFSymbol("llamafactory.hparams.finetuning_args", "FinetuningArguments", "subclassed: SF-Med options"),
+    LFSymbol("llamafactory.hparams.parser", "_TRAIN_ARGS", "item replaced: FinetuningArguments -> SF-Med subclass"),
+    LFSymbol("llamafactory.hparams.parser", "_TRAIN_MCA_ARGS", "item replaced, as _TRAIN_ARGS"),
+    LFSymbol("llamafactory.hparams.parser", "_INFER_ARGS", "item replaced, as _TRAIN_ARGS"),
+    LFSymbol("llamafactory.hparams.parser", "_EVAL_ARGS", "item replaced, as _TRAIN_ARGS"),
+    LFSymbol("llamafactory.train.dpo.trainer", "CustomDPOTrainer", "subclassed and replaced (workflow imports it "
+             "at call time): online-merging optimizer"),
+)
+
+
+def _patch_templates(module: ModuleType) -> str:
+    from sfmed_lf.templates import register_sfmed_templates
+
+    return register_sfmed_templates(module)
+
+
+def _patch_parser(module: ModuleType) -> str:
+    from llamafactory.hparams.finetuning_args import FinetuningArguments
+
+    from sfmed_lf.hparams import SFMedFinetuningArguments
+
+    replaced = []
+    for list_name in ("_TRAIN_ARGS", "_TRAIN_MCA_ARGS", "_INFER_ARGS", "_EVAL_ARGS"):
+        arg_classes = getattr(module, list_name)
+        for index, cls in enumerate(arg_classes):
+            if cls is FinetuningArguments:
+                arg_classes[index] = SFMedFinetuningArguments
+                replaced.append(list_name)
+    return f"SFMedFinetuningArguments in {', '.join(replaced) or 'no list (already patched)'}"
+
+
+def _patch_dpo_trainer(module: ModuleType) -> str:
+    from sfmed_lf.train.dpo.trainer import SFMedDPOTrainer  # binds the original CustomDPOTrainer first
+
+    module.CustomDPOTrainer = SFMedDPOTrainer
+    return "CustomDPOTrainer -> SFMedDPOTrainer"
+
+
+MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
+    "llamafactory.data.template": _patch_templates,
+    "llamafactory.hparams.parser": _patch_parser,
+    "llamafactory.train.dpo.trainer": _patch_dpo_trainer,
+}
+
+# module name -> what its patch did, in this process
+APPLIED: dict[str, str] = {}
+
+
+def installed_llamafactory_version() -> str | None:
+    try:
+        return importlib.metadata.version("llamafactory")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_llamafactory_version() -> None:
+    found = installed_llamafactory_version()
+    if found is not None and found != SUPPORTED_LLAMAFACTORY_VERSION:
+        raise UnsupportedLlamaFactoryVersion(
+            f"sfmed-lf supports llamafactory=={SUPPORTED_LLAMAFACTORY_VERSION} only, but llamafactory=={found} is "
+            f"installed. Install llamafactory=={SUPPORTED_LLAMAFACTORY_VERSION}, or set {KILL_SWITCH_ENV}=1 to "
+            "run LLaMA-Factory without the SF-Med plugin."
+        )
+
+
+def on_module_executed(module: ModuleType) -> None:
+    """Apply the patch registered for ``module`` once per process (reloads and double activation included)."""
+    patch = MODULE_PATCHES.get(module.__name__)
+    if patch is None or _bootstrap.is_disabled() or module.__name__ in APPLIED:
+        return
+    APPLIED[module.__name__] = patch(module)
+
+
+def activate() -> None:
+    """Entry point for explicit activation (the ``llamafactory.plugins`` entry point, or a user's own code).
+
+    Installs the import hook and patches the watched modules that are already imported.
+    """
+    if not _bootstrap.install():
+        return
+    check_llamafactory_version()
+    for name in MODULE_PATCHES:
+        if (module := sys.modules.get(name)) is not None:
+            on_module_executed(module)

@@ -1,0 +1,57 @@
+"""Configuration of the online-merging optimizers (Lu et al. 2024, arXiv:2405.17931)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class MergeMethod(str, Enum):
+    NONE = "none"
+    ONDARE = "ondare"  # random (Bernoulli) sparsification of tau and of each update
+    ONTIES = "onties"  # top-p magnitude sparsification, then TIES sign election
+
+
+class Rescale(str, Enum):
+    """What happens to the entries a sparsification keeps.
+
+    NONE: kept as they are. This is the paper's formulation and the default: the merged update is a sparse
+        subset of Adam's update, so p directly scales the step (keep p and the learning rate in mind together).
+    INVERSE_P: multiplied by 1/p, which keeps the expectation of a random (DARE) mask unbiased. This is what
+        the authors' reference code does implicitly through ``F.dropout``; with p=0.01 every kept entry moves
+        100x further than Adam would move it.
+    L1: multiplied by ||x||_1 / ||mask * x||_1, so the sparse vector keeps the L1 norm of the dense one
+        (the reference code's ``rescale=True`` option).
+    """
+
+    NONE = "none"
+    INVERSE_P = "inverse_p"
+    L1 = "l1"
+
+
+@dataclass(frozen=True)
+class OnlineMergingConfig:
+    """All knobs of an online-merging optimizer; validated on construction.
+
+    keep_prob: p, the fraction of entries kept by each sparsification (of tau once, of every Adam update).
+    alpha: weight of the sparsified task vector tau' in theta += alpha * tau' + (1 - alpha) * delta'.
+    seed: seeds the random masks; masks depend only on (seed, step, parameter name, element index).
+    """
+
+    method: MergeMethod
+    keep_prob: float
+    alpha: float
+    rescale: Rescale = Rescale.NONE
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", MergeMethod(self.method))
+        object.__setattr__(self, "rescale", Rescale(self.rescale))
+        if self.method is MergeMethod.NONE:
+            raise ValueError("OnlineMergingConfig needs method 'ondare' or 'onties'.")
+        if not 0.0 < self.keep_prob <= 1.0:
+            raise ValueError(f"keep_prob (p) must be in (0, 1], got {self.keep_prob}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be a non-negative 64-bit integer, got {self.seed}.")

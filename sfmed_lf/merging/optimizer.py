@@ -1,0 +1,149 @@
+"""AdamW with online model merging (OnDARE / OnTIES), see ``sparsify.py`` for the equations.
+
+Per parameter and step:
+  1. Adam moments and the bias-corrected update delta, computed exactly as ``torch.optim.AdamW`` does;
+  2. decoupled weight decay theta *= 1 - lr * wd, as AdamW (the learning-rate schedule only scales delta);
+  3. delta' = sparsify(delta) with a fresh mask (OnDARE) or top-p by magnitude (OnTIES);
+  4. theta += (1 - alpha) * delta' + alpha * tau', where tau' is the sparsified task vector built once; OnTIES
+     first drops the entries of delta' and tau' whose sign disagrees with the elected sign.
+
+With p = 1 and alpha = 0, OnDARE is AdamW. Persistent memory beyond AdamW's moments is only the kept entries of
+tau' (see ``sparse_delta.py``). tau' is built lazily at a parameter's first step, unless a resumed optimizer state
+already holds it, and the source checkpoints are released once every parameter has it.
+
+Every parameter group carries ``param_names`` (PyTorch's own key for named parameters): names key the random
+masks and locate tau in the checkpoints. The merge itself works on (flat tensor, name, offset) so that sharded
+optimizers (ZeRO partitions, FSDP flat parameters) can call it on their slices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig
+from sfmed_lf.merging.sparse_delta import SparseDelta
+from sfmed_lf.merging.sparsify import elect_signs, sparsify_
+from sfmed_lf.merging.task_vector import TaskVectorSource
+
+
+def update_stream(step: int) -> str:
+    return f"update-{step}"
+
+
+def merge_update_(
+    flat_param: torch.Tensor,
+    flat_update: torch.Tensor,
+    tau: SparseDelta,
+    config: OnlineMergingConfig,
+    *,
+    name: str,
+    step: int,
+    offset: int = 0,
+) -> None:
+    """theta += (1 - alpha) * sparsify(delta) + alpha * tau' on a flat slice; ``flat_update`` is consumed."""
+    sparsify_(flat_update, config, name=name, stream=update_stream(step), offset=offset)
+    tau_positions, tau_values = tau.positions(), tau.values
+    if config.method is MergeMethod.ONTIES and tau.nnz:
+        update_at_tau = flat_update[tau_positions].to(tau_values.dtype)
+        elected = elect_signs(tau_values, update_at_tau)
+        flat_update.index_fill_(0, tau_positions[update_at_tau * elected < 0], 0)
+        tau_agrees = tau_values * elected > 0
+        tau_positions, tau_values = tau_positions[tau_agrees], tau_values[tau_agrees]
+    flat_param.add_(flat_update, alpha=1.0 - config.alpha)
+    if config.alpha and tau_values.numel():
+        flat_param.index_add_(0, tau_positions, tau_values.to(flat_param.dtype), alpha=config.alpha)
+
+
+class OnlineMergingAdamW(Optimizer):
+    """AdamW whose updates are sparsified and merged with tau' at every step (OnDARE / OnTIES)."""
+
+    def __init__(
+        self,
+        params: Iterable[dict[str, Any]],
+        config: OnlineMergingConfig,
+        task_vector_source: TaskVectorSource | None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"invalid AdamW hyper-parameters lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        for index, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            if names is None or len(names) != len(group["params"]):
+                raise ValueError(f"param group {index} needs `param_names` aligned with its `params`.")
+        self.config = config
+        self._task_vector_source = task_vector_source
+
+    def _task_vector(self, param: torch.Tensor, name: str, state: dict[str, Any]) -> SparseDelta:
+        if SparseDelta.STATE_KEYS[0] not in state:
+            if self._task_vector_source is None:
+                raise RuntimeError(f"online merging: no task vector for {name!r} and no source to build it from.")
+            tau = self._task_vector_source.sparse_slice(name, self.config, device=param.device, dtype=param.dtype)
+            state.update(tau.to_state())
+        return SparseDelta.from_state(state, param.numel())
+
+    def _release_source_when_done(self) -> None:
+        built = all(
+            SparseDelta.STATE_KEYS[0] in self.state[p] for group in self.param_groups for p in group["params"]
+        )
+        if built and self._task_vector_source is not None:
+            self._task_vector_source.close()
+            self._task_vector_source = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for param, name in zip(group["params"], group["param_names"], strict=True):
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError("OnlineMergingAdamW does not support sparse gradients.")
+                state = self.state[param]
+                if "step" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                tau = self._task_vector(param, name, state)
+                state["step"] += 1
+                step = int(state["step"].item())
+                update = self._adam_update(param.grad, state, step, lr, beta1, beta2, eps)
+                if weight_decay:
+                    param.mul_(1.0 - lr * weight_decay)
+                merge_update_(param.view(-1), update.view(-1), tau, self.config, name=name, step=step)
+        self._release_source_when_done()
+        return loss
+
+    @staticmethod
+    def _adam_update(
+        grad: torch.Tensor, state: dict[str, Any], step: int, lr: float, beta1: float, beta2: float, eps: float
+    ) -> torch.Tensor:
+        """AdamW's step, as torch.optim.AdamW computes it, returned instead of applied."""
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        return torch.mul(exp_avg, -lr / bias_correction1).div_(denom)
+
+    def persistent_merge_bytes(self) -> int:
+        """Bytes held for tau' (what online merging keeps beyond AdamW's state)."""
+        return sum(
+            SparseDelta.from_state(self.state[p], p.numel()).nbytes()
+            for group in self.param_groups
+            for p in group["params"]
+            if SparseDelta.STATE_KEYS[0] in self.state[p]
+        )
