@@ -139,6 +139,18 @@ class OnlineMergingAdamW(Optimizer):
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         return torch.mul(exp_avg, -lr / bias_correction1).div_(denom)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch casts every state tensor of a float parameter to its dtype; tau's positions must stay integers
+        (float32 would also round chunk offsets above 2**24), so they are put back from the saved dict."""
+        saved_ids = [param_id for group in state_dict["param_groups"] for param_id in group["params"]]
+        current = [param for group in self.param_groups for param in group["params"]]
+        super().load_state_dict(state_dict)
+        for param_id, param in zip(saved_ids, current, strict=True):
+            saved = state_dict["state"].get(param_id, {})
+            for key in SparseDelta.INTEGER_STATE_KEYS:
+                if key in saved:
+                    self.state[param][key] = saved[key].to(device=param.device)
+
     def persistent_merge_bytes(self) -> int:
         """Bytes held for tau' (what online merging keeps beyond AdamW's state)."""
         return sum(

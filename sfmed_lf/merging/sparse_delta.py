@@ -64,6 +64,7 @@ class SparseDelta:
 
     # Optimizer state holds tensors only, so that torch saves, loads and moves it like Adam's moments.
     STATE_KEYS = ("tau_chunk_offsets", "tau_low_positions", "tau_values")
+    INTEGER_STATE_KEYS = STATE_KEYS[:2]
 
     def to_state(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.STATE_KEYS, (self.chunk_offsets, self.low_positions, self.values), strict=True))

@@ -146,7 +146,8 @@ class TaskVectorSource:
         name = checkpoint_name(parameter_name)
         sft = self.sft.tensor(name).reshape(-1)
         stop = sft.numel() if numel is None else offset + numel
-        tau = sft[offset:stop].to(device=device, dtype=torch.float32)
+        # copy=True: safetensors may hand out views of its memory map, which must never be written to.
+        tau = sft[offset:stop].to(device=device, dtype=torch.float32, copy=True)
         tau.sub_(self.base.tensor(name).reshape(-1)[offset:stop].to(device=device, dtype=torch.float32))
         sparsify_(tau, config, name=name, stream=TAU_STREAM, offset=offset)
         return SparseDelta.from_dense(tau, dtype=dtype)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the SF-Med demo pipeline on the embedded tiny model:
+#   tiny model -> continued pre-training -> SFT -> DPO with online merging (OnDARE, then OnTIES).
+# Outputs: models/sfmed-tiny and saves/tiny/{pt,sft,dpo,dpo_onties}, each with LLaMA-Factory's loss plots.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=$(bash "$root/scripts/setup.sh" | tail -n 1)
+export PATH="$venv/bin:$PATH"
+cd "$root"
+
+sfmed doctor
+sfmed tiny-model examples/yaml/tiny/tiny_model.yaml
+llamafactory-cli train examples/yaml/tiny/pt.yaml
+llamafactory-cli train examples/yaml/tiny/sft.yaml
+llamafactory-cli train examples/yaml/tiny/dpo.yaml
+llamafactory-cli train examples/yaml/tiny/dpo.yaml sfmed_merge_method=onties output_dir=saves/tiny/dpo_onties
+
+echo
+echo "Demo finished. Trained models and loss plots:"
+for stage in pt sft dpo dpo_onties; do
+  echo "  saves/tiny/$stage: $(cd "saves/tiny/$stage" && ls ./*.png model.safetensors | tr '\n' ' ')"
+done
+echo "  online merging reports: saves/tiny/dpo/sfmed_online_merging.json saves/tiny/dpo_onties/sfmed_online_merging.json"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the linter and the test suite. Extra arguments go to pytest.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=$(bash "$root/scripts/setup.sh" | tail -n 1)
+export PATH="$venv/bin:$PATH"
+cd "$root"
+ruff check .
+python -m pytest -ra "$@"
