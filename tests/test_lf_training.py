@@ -1,0 +1,111 @@
+"""Real `llamafactory-cli train` runs on the embedded tiny model: the demo stages, online-merging DPO, its
+equivalences, its errors, two-rank DDP and resume."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO_ROOT, lf_train, load_weights, read_json, run
+
+pytestmark = pytest.mark.slow
+DPO_YAML = "examples/yaml/tiny/dpo.yaml"
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> dict[str, Path]:
+    """tiny model -> CPT -> SFT, as the demo runs it (one epoch each)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    paths = {name: root / name for name in ("model", "pt", "sft")}
+    run(["sfmed", "tiny-model", "examples/yaml/tiny/tiny_model.yaml", f"output_dir={paths['model']}"])
+    lf_train("examples/yaml/tiny/pt.yaml", f"model_name_or_path={paths['model']}", f"output_dir={paths['pt']}",
+             "num_train_epochs=1")
+    lf_train("examples/yaml/tiny/sft.yaml", f"model_name_or_path={paths['pt']}", f"output_dir={paths['sft']}",
+             "num_train_epochs=1")
+    for stage in ("pt", "sft"):
+        assert (paths[stage] / "training_loss.png").is_file()
+    return paths
+
+
+def dpo(pipeline: dict[str, Path], output_dir: Path, *overrides: str, env=None, check=True):
+    return lf_train(DPO_YAML, f"model_name_or_path={pipeline['sft']}", f"sfmed_merge_base_model={pipeline['pt']}",
+                    f"output_dir={output_dir}", "max_steps=6", *overrides, env=env, check=check)
+
+
+def tau(pipeline) -> dict[str, torch.Tensor]:
+    sft, base = load_weights(pipeline["sft"]), load_weights(pipeline["pt"])
+    return {name: sft[name] - base[name] for name in sft}
+
+
+@pytest.mark.parametrize("method", ["ondare", "onties"])
+def test_online_merging_dpo_trains_and_reports(pipeline, tmp_path, method):
+    dpo(pipeline, tmp_path, f"sfmed_merge_method={method}", "sfmed_merge_keep_prob=0.05")
+    report = read_json(tmp_path / "sfmed_online_merging.json")
+    assert report["method"] == method and report["keep_prob"] == 0.05
+    assert report["tau_bytes_over_fp32_copy"] <= 0.10
+    assert (tmp_path / "training_loss.png").is_file()
+    assert read_json(tmp_path / "trainer_state.json")["global_step"] == 6
+    trained, sft = load_weights(tmp_path), load_weights(pipeline["sft"])
+    assert any(not torch.equal(trained[name], sft[name]) for name in sft)
+
+
+def test_alpha_one_keep_all_moves_by_tau_per_step(pipeline, tmp_path):
+    """With p = 1 and alpha = 1 the merged update is tau itself: theta_T = theta_sft + T * tau exactly, which
+    shows that the trainer really uses the merging optimizer with tau read from the two checkpoints."""
+    dpo(pipeline, tmp_path, "sfmed_merge_keep_prob=1.0", "sfmed_merge_alpha=1.0", "weight_decay=0.0")
+    trained, sft, task = load_weights(tmp_path), load_weights(pipeline["sft"]), tau(pipeline)
+    for name in sft:
+        torch.testing.assert_close(trained[name], sft[name] + 6 * task[name], rtol=1e-5, atol=1e-5)
+
+
+def test_keep_all_alpha_zero_equals_stock_adamw_dpo(pipeline, tmp_path):
+    dpo(pipeline, tmp_path / "merging", "sfmed_merge_keep_prob=1.0", "sfmed_merge_alpha=0.0", "weight_decay=0.01")
+    dpo(pipeline, tmp_path / "stock", "sfmed_merge_method=none", "optim=adamw_torch", "weight_decay=0.01")
+    assert not (tmp_path / "stock" / "sfmed_online_merging.json").exists()
+    merged, stock = load_weights(tmp_path / "merging"), load_weights(tmp_path / "stock")
+    for name in stock:
+        torch.testing.assert_close(merged[name], stock[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lora_is_rejected_before_training(pipeline, tmp_path):
+    result = dpo(pipeline, tmp_path, "finetuning_type=lora", check=False)
+    assert result.returncode != 0
+    assert "sfmed_merge_method=ondare: needs `finetuning_type: full`, got `lora`" in result.stderr
+    assert "train_loss" not in result.stdout + result.stderr
+
+
+def test_mismatched_base_model_is_rejected_before_training(pipeline, tmp_path):
+    other = tmp_path / "other-base"
+    run(["sfmed", "tiny-model", f"output_dir={other}", "hidden_size=32", "intermediate_size=64"])
+    result = lf_train(DPO_YAML, f"model_name_or_path={pipeline['sft']}", f"sfmed_merge_base_model={other}",
+                      f"output_dir={tmp_path / 'out'}", "max_steps=2", check=False)
+    assert result.returncode != 0
+    assert "model.embed_tokens.weight: shape [2048, 32] in the base (theta_base) model" in result.stderr
+    assert "the policy has [2048, 64]" in result.stderr
+    assert not (tmp_path / "out" / "trainer_state.json").exists()
+
+
+def test_two_ddp_ranks_keep_identical_weights(pipeline, tmp_path):
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    dpo(pipeline, tmp_path, "sfmed_merge_keep_prob=0.3", "sfmed_merge_alpha=0.01", "ddp_backend=gloo", env=env)
+    check = read_json(tmp_path / "sfmed_replica_check.json")
+    assert check["global_step"] == 6
+    assert len(check["digests"]) == 2 and check["identical"] is True
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(pipeline, tmp_path):
+    common = ("sfmed_merge_method=onties", "sfmed_merge_keep_prob=0.3", "sfmed_merge_alpha=0.05",
+              "save_strategy=steps", "save_steps=3")
+    dpo(pipeline, tmp_path / "straight", *common)
+    checkpoint = tmp_path / "straight" / "checkpoint-3"
+    saved_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+    assert all("tau_values" in state for state in saved_state.values()), "merging state must be checkpointed"
+    dpo(pipeline, tmp_path / "resumed", *common, f"resume_from_checkpoint={checkpoint}")
+    straight, resumed = load_weights(tmp_path / "straight"), load_weights(tmp_path / "resumed")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-7)
+
+
