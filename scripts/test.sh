@@ -6,4 +6,5 @@ venv=$(bash "$root/scripts/setup.sh" | tail -n 1)
 export PATH="$venv/bin:$PATH"
 cd "$root"
 ruff check .
+ruff format --check .
 python -m pytest -ra "$@"

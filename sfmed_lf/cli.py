@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 
 from sfmed_lf.config_files import ConfigError, load_config
 
 
-@dataclass
-class TinyModelConfig:
-    output_dir: str = "models/sfmed-tiny"
-    vocab_size: int = 2048
-    hidden_size: int = 64
-    intermediate_size: int = 176
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 2048
-    seed: int = 0
-
-
 def _tiny_model(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
+    from sfmed_lf.tiny_model import TinyModelConfig, build_tiny_model
 
     config = load_config(TinyModelConfig, args.config, args.overrides)
-    spec_values = {key: value for key, value in asdict(config).items() if key != "output_dir"}
-    path = build_tiny_model(config.output_dir, TinyModelSpec(**spec_values))
-    print(f"tiny SF-Med model written to {path}")
+    print(f"tiny SF-Med model written to {build_tiny_model(config.output_dir, config)}")
     return 0
 
 

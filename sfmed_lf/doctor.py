@@ -11,8 +11,18 @@ from pathlib import Path
 
 from sfmed_lf import __version__, _bootstrap, integration
 
-PACKAGES = ("llamafactory", "torch", "transformers", "trl", "accelerate", "peft", "deepspeed", "datasketch",
-            "tokenizers", "safetensors")
+PACKAGES = (
+    "llamafactory",
+    "torch",
+    "transformers",
+    "trl",
+    "accelerate",
+    "peft",
+    "deepspeed",
+    "datasketch",
+    "tokenizers",
+    "safetensors",
+)
 
 
 def _version(package: str) -> str:
@@ -53,7 +63,7 @@ def run_doctor() -> int:
     for module_name in integration.MODULE_PATCHES:
         try:
             importlib.import_module(module_name)
-        except Exception as error:  # noqa: BLE001 - reported, not raised: the doctor must finish its report
+        except Exception as error:
             problems.append(f"{module_name}: import failed ({type(error).__name__}: {error})")
         applied = integration.APPLIED.get(module_name)
         lines.append(f"  {module_name}: {'active - ' + applied if applied else 'INACTIVE'}")

@@ -41,8 +41,11 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
     LFSymbol("llamafactory.hparams.parser", "_TRAIN_MCA_ARGS", "item replaced, as _TRAIN_ARGS"),
     LFSymbol("llamafactory.hparams.parser", "_INFER_ARGS", "item replaced, as _TRAIN_ARGS"),
     LFSymbol("llamafactory.hparams.parser", "_EVAL_ARGS", "item replaced, as _TRAIN_ARGS"),
-    LFSymbol("llamafactory.train.dpo.trainer", "CustomDPOTrainer", "subclassed and replaced (workflow imports it "
-             "at call time): online-merging optimizer"),
+    LFSymbol(
+        "llamafactory.train.dpo.trainer",
+        "CustomDPOTrainer",
+        "subclassed and replaced (workflow imports it at call time): online-merging optimizer",
+    ),
 )
 
 

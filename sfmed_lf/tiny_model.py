@@ -17,10 +17,28 @@ from pathlib import Path
 
 # Qwen2/2.5's special tokens, in their vocabulary order.
 QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
-    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
 )
 PAD_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_end|>"
 
@@ -53,9 +71,19 @@ class TinyModelSpec:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("hidden_size must divide into num_attention_heads, which must divide into kv heads.")
+            raise ValueError(
+                "hidden_size must be a multiple of num_attention_heads, and num_attention_heads a "
+                "multiple of num_key_value_heads."
+            )
         if self.vocab_size < 256 + len(QWEN_SPECIAL_TOKENS) + 1:
             raise ValueError("vocab_size must leave room for the 256 bytes and Qwen's special tokens.")
+
+
+@dataclass(frozen=True)
+class TinyModelConfig(TinyModelSpec):
+    """``sfmed tiny-model`` YAML: the spec plus where to write the model."""
+
+    output_dir: str = "models/sfmed-tiny"
 
 
 def bundled_corpus() -> list[str]:
@@ -100,8 +128,7 @@ def build_tiny_model(output_dir: str | os.PathLike[str], spec: TinyModelSpec | N
         unk_token=None,
         bos_token=None,
         model_max_length=spec.max_position_embeddings,
-        chat_template=CHAT_TEMPLATE.replace("default_system", json.dumps(SINGLE_TURN_INSTRUCTION,
-                                                                         ensure_ascii=False)),
+        chat_template=CHAT_TEMPLATE.replace("default_system", json.dumps(SINGLE_TURN_INSTRUCTION, ensure_ascii=False)),
         additional_special_tokens=[t for t in QWEN_SPECIAL_TOKENS if t not in (EOS_TOKEN, PAD_TOKEN)],
         clean_up_tokenization_spaces=False,
     )
@@ -126,7 +153,8 @@ def build_tiny_model(output_dir: str | os.PathLike[str], spec: TinyModelSpec | N
     torch.manual_seed(spec.seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
         do_sample=False,
     )
     model.save_pretrained(staging, safe_serialization=True)

@@ -15,10 +15,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def run(args: list[str], *, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT, timeout: float = 600,
-        check: bool = True) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-                "HF_HUB_OFFLINE": "1", "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+def run(
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(env or {}),
+    }
     if args[0] in {"llamafactory-cli", "sfmed", "python", "pip"}:
         args = [str(VENV_BIN / args[0]), *args[1:]]
     result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
@@ -30,8 +42,9 @@ def run(args: list[str], *, env: dict[str, str] | None = None, cwd: Path = REPO_
     return result
 
 
-def lf_train(yaml_path: str, *overrides: str, env: dict[str, str] | None = None,
-             check: bool = True) -> subprocess.CompletedProcess:
+def lf_train(
+    yaml_path: str, *overrides: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     return run(["llamafactory-cli", "train", yaml_path, *overrides], env=env, check=check)
 
 

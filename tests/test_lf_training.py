@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO_ROOT, lf_train, load_weights, read_json, run
+from tests.helpers import lf_train, load_weights, read_json, run
 
 pytestmark = pytest.mark.slow
 DPO_YAML = "examples/yaml/tiny/dpo.yaml"
@@ -21,18 +21,34 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pipeline")
     paths = {name: root / name for name in ("model", "pt", "sft")}
     run(["sfmed", "tiny-model", "examples/yaml/tiny/tiny_model.yaml", f"output_dir={paths['model']}"])
-    lf_train("examples/yaml/tiny/pt.yaml", f"model_name_or_path={paths['model']}", f"output_dir={paths['pt']}",
-             "num_train_epochs=1")
-    lf_train("examples/yaml/tiny/sft.yaml", f"model_name_or_path={paths['pt']}", f"output_dir={paths['sft']}",
-             "num_train_epochs=1")
+    lf_train(
+        "examples/yaml/tiny/pt.yaml",
+        f"model_name_or_path={paths['model']}",
+        f"output_dir={paths['pt']}",
+        "num_train_epochs=1",
+    )
+    lf_train(
+        "examples/yaml/tiny/sft.yaml",
+        f"model_name_or_path={paths['pt']}",
+        f"output_dir={paths['sft']}",
+        "num_train_epochs=1",
+    )
     for stage in ("pt", "sft"):
         assert (paths[stage] / "training_loss.png").is_file()
     return paths
 
 
 def dpo(pipeline: dict[str, Path], output_dir: Path, *overrides: str, env=None, check=True):
-    return lf_train(DPO_YAML, f"model_name_or_path={pipeline['sft']}", f"sfmed_merge_base_model={pipeline['pt']}",
-                    f"output_dir={output_dir}", "max_steps=6", *overrides, env=env, check=check)
+    return lf_train(
+        DPO_YAML,
+        f"model_name_or_path={pipeline['sft']}",
+        f"sfmed_merge_base_model={pipeline['pt']}",
+        f"output_dir={output_dir}",
+        "max_steps=6",
+        *overrides,
+        env=env,
+        check=check,
+    )
 
 
 def tau(pipeline) -> dict[str, torch.Tensor]:
@@ -80,8 +96,14 @@ def test_lora_is_rejected_before_training(pipeline, tmp_path):
 def test_mismatched_base_model_is_rejected_before_training(pipeline, tmp_path):
     other = tmp_path / "other-base"
     run(["sfmed", "tiny-model", f"output_dir={other}", "hidden_size=32", "intermediate_size=64"])
-    result = lf_train(DPO_YAML, f"model_name_or_path={pipeline['sft']}", f"sfmed_merge_base_model={other}",
-                      f"output_dir={tmp_path / 'out'}", "max_steps=2", check=False)
+    result = lf_train(
+        DPO_YAML,
+        f"model_name_or_path={pipeline['sft']}",
+        f"sfmed_merge_base_model={other}",
+        f"output_dir={tmp_path / 'out'}",
+        "max_steps=2",
+        check=False,
+    )
     assert result.returncode != 0
     assert "model.embed_tokens.weight: shape [2048, 32] in the base (theta_base) model" in result.stderr
     assert "the policy has [2048, 64]" in result.stderr
@@ -97,8 +119,13 @@ def test_two_ddp_ranks_keep_identical_weights(pipeline, tmp_path):
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(pipeline, tmp_path):
-    common = ("sfmed_merge_method=onties", "sfmed_merge_keep_prob=0.3", "sfmed_merge_alpha=0.05",
-              "save_strategy=steps", "save_steps=3")
+    common = (
+        "sfmed_merge_method=onties",
+        "sfmed_merge_keep_prob=0.3",
+        "sfmed_merge_alpha=0.05",
+        "save_strategy=steps",
+        "save_steps=3",
+    )
     dpo(pipeline, tmp_path / "straight", *common)
     checkpoint = tmp_path / "straight" / "checkpoint-3"
     saved_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
@@ -107,5 +134,3 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(pipeline, tmp_path):
     straight, resumed = load_weights(tmp_path / "straight"), load_weights(tmp_path / "resumed")
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-7)
-
-

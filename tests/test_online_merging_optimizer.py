@@ -58,22 +58,28 @@ def merging_optimizer(named, config, taus=None, lr=1e-2, weight_decay=0.1):
     ]
     taus = taus if taus is not None else {n: torch.randn_like(p) * 0.1 for n, p in named}
     source = InMemoryTaskVectors(taus)
-    return OnlineMergingAdamW(groups, config=config, task_vector_source=source, lr=lr, betas=(0.9, 0.99),
-                              eps=1e-8, weight_decay=weight_decay), source
+    return OnlineMergingAdamW(
+        groups, config=config, task_vector_source=source, lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=weight_decay
+    ), source
 
 
 def torch_adamw(params, lr=1e-2, weight_decay=0.1):
-    return torch.optim.AdamW([{"params": params[:2], "weight_decay": weight_decay},
-                              {"params": params[2:], "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.99), eps=1e-8, foreach=False)
+    return torch.optim.AdamW(
+        [{"params": params[:2], "weight_decay": weight_decay}, {"params": params[2:], "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        foreach=False,
+    )
 
 
 @pytest.mark.parametrize("rescale", list(Rescale))
 def test_ondare_with_p1_alpha0_is_torch_adamw(rescale):
     named = make_params()
     reference = [p.clone().requires_grad_() for _, p in named]
-    optimizer, _ = merging_optimizer(named, OnlineMergingConfig(MergeMethod.ONDARE, keep_prob=1.0, alpha=0.0,
-                                                                 rescale=rescale))
+    optimizer, _ = merging_optimizer(
+        named, OnlineMergingConfig(MergeMethod.ONDARE, keep_prob=1.0, alpha=0.0, rescale=rescale)
+    )
     run_optimizer(optimizer, [p for _, p in named], range(30))
     run_optimizer(torch_adamw(reference), reference, range(30))
     for (name, ours), theirs in zip(named, reference, strict=True):
@@ -95,8 +101,9 @@ def test_alpha_one_adds_tau_every_step_and_ignores_adam():
     named = make_params()
     start = {n: p.clone() for n, p in named}
     taus = {n: torch.randn_like(p) for n, p in named}
-    optimizer, _ = merging_optimizer(named, OnlineMergingConfig(MergeMethod.ONDARE, 1.0, 1.0), taus=taus,
-                                     weight_decay=0.0)
+    optimizer, _ = merging_optimizer(
+        named, OnlineMergingConfig(MergeMethod.ONDARE, 1.0, 1.0), taus=taus, weight_decay=0.0
+    )
     run_optimizer(optimizer, [p for _, p in named], range(5))
     for name, param in named:
         torch.testing.assert_close(param, start[name] + 5 * taus[name], rtol=1e-6, atol=1e-6)
@@ -119,9 +126,11 @@ def test_masks_are_keyed_and_independent_of_slicing():
     for offset, numel in [(0, 10), (123, 4000), (MASK_CHUNK - 100, 300), (MASK_CHUNK + 17, 4983)]:
         part = keyed_uniform(numel, seed=3, stream="update-9", name="w", offset=offset)
         assert torch.equal(part, full[offset : offset + numel])
-    others = [keyed_uniform(1000, seed=3, stream="update-10", name="w"),
-              keyed_uniform(1000, seed=3, stream="update-9", name="v"),
-              keyed_uniform(1000, seed=4, stream="update-9", name="w")]
+    others = [
+        keyed_uniform(1000, seed=3, stream="update-10", name="w"),
+        keyed_uniform(1000, seed=3, stream="update-9", name="v"),
+        keyed_uniform(1000, seed=4, stream="update-9", name="w"),
+    ]
     for other in others:
         assert not torch.equal(other, full[:1000])
         assert abs(torch.corrcoef(torch.stack([other, full[:1000]]))[0, 1]) < 0.15
@@ -150,8 +159,9 @@ def test_rescale_modes():
     update = torch.randn(100_000, generator=torch.Generator().manual_seed(1))
     dense_l1 = update.abs().sum()
     inverse = update.clone()
-    keep = sparsify_(inverse, OnlineMergingConfig(MergeMethod.ONDARE, 0.2, 0.0, Rescale.INVERSE_P), name="w",
-                     stream="s")
+    keep = sparsify_(
+        inverse, OnlineMergingConfig(MergeMethod.ONDARE, 0.2, 0.0, Rescale.INVERSE_P), name="w", stream="s"
+    )
     torch.testing.assert_close(inverse[keep], update[keep] / 0.2)
     l1 = update.clone()
     sparsify_(l1, OnlineMergingConfig(MergeMethod.ONDARE, 0.2, 0.0, Rescale.L1), name="w", stream="s")
@@ -176,8 +186,16 @@ def test_onties_sign_election_on_hand_made_tensors():
     # 2: tau absent            -> (1-a)*(-0.4)
     # 3: update - wins, tau +  -> (1-a)*(-0.6)
     # 4: both agree (-)        -> a*(-0.1) + (1-a)*(-0.2)
-    expected = torch.tensor([alpha * 0.5 + (1 - alpha) * 0.1, -alpha * 0.5, (1 - alpha) * -0.4,
-                             (1 - alpha) * -0.6, alpha * -0.1 + (1 - alpha) * -0.2, 0.0])
+    expected = torch.tensor(
+        [
+            alpha * 0.5 + (1 - alpha) * 0.1,
+            -alpha * 0.5,
+            (1 - alpha) * -0.4,
+            (1 - alpha) * -0.6,
+            alpha * -0.1 + (1 - alpha) * -0.2,
+            0.0,
+        ]
+    )
     torch.testing.assert_close(param, expected)
 
 
@@ -198,8 +216,9 @@ def test_persistent_memory_is_below_ten_percent_of_fp32_at_p_005():
     for method in MergeMethod.ONDARE, MergeMethod.ONTIES:
         params = [p.clone() for _, p in named]
         source = InMemoryTaskVectors(taus)
-        optimizer = OnlineMergingAdamW([{"params": params, "param_names": ["big.weight"]}],
-                                       OnlineMergingConfig(method, 0.05, 1e-3), source)
+        optimizer = OnlineMergingAdamW(
+            [{"params": params, "param_names": ["big.weight"]}], OnlineMergingConfig(method, 0.05, 1e-3), source
+        )
         run_optimizer(optimizer, params, range(1))
         fraction = optimizer.persistent_merge_bytes() / (4 * params[0].numel())
         assert 0.07 < fraction <= 0.08, (method, fraction)
@@ -220,8 +239,9 @@ def test_state_dict_resume_gives_the_same_weights(method):
     saved_weights = [p.clone() for _, p in named_first]
 
     resumed_params = [(n, w) for (n, _), w in zip(named_first, saved_weights, strict=True)]
-    resumed, source = merging_optimizer(resumed_params, config, taus={n: torch.full_like(t, 99.0)
-                                                                      for n, t in taus.items()})
+    resumed, source = merging_optimizer(
+        resumed_params, config, taus={n: torch.full_like(t, 99.0) for n, t in taus.items()}
+    )
     resumed.load_state_dict(saved_state)
     run_optimizer(resumed, [p for _, p in resumed_params], range(6, 12))
     assert source.requests == [], "a resumed optimizer must use the saved tau, not rebuild it"
@@ -233,14 +253,22 @@ def test_state_dict_resume_gives_the_same_weights(method):
 
 def test_param_groups_need_names():
     with pytest.raises(ValueError, match="param_names"):
-        OnlineMergingAdamW([{"params": [torch.zeros(3, requires_grad=True)]}],
-                           OnlineMergingConfig(MergeMethod.ONDARE, 0.5, 0.1), None)
+        OnlineMergingAdamW(
+            [{"params": [torch.zeros(3, requires_grad=True)]}], OnlineMergingConfig(MergeMethod.ONDARE, 0.5, 0.1), None
+        )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"keep_prob": 0.0}, "keep_prob"), ({"keep_prob": 1.5}, "keep_prob"), ({"alpha": -0.1}, "alpha"),
-    ({"alpha": 1.1}, "alpha"), ({"method": "none"}, "method"), ({"method": "slerp"}, "slerp"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"keep_prob": 0.0}, "keep_prob"),
+        ({"keep_prob": 1.5}, "keep_prob"),
+        ({"alpha": -0.1}, "alpha"),
+        ({"alpha": 1.1}, "alpha"),
+        ({"method": "none"}, "method"),
+        ({"method": "slerp"}, "slerp"),
+    ],
+)
 def test_config_validation(kwargs, message):
     values = {"method": "ondare", "keep_prob": 0.5, "alpha": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message):

@@ -48,13 +48,16 @@ def test_importing_llamafactory_activates_every_patch():
 
 
 def test_kill_switch_keeps_everything_out():
-    result = python("""
+    result = python(
+        """
         import sys
         from llamafactory.data.template import TEMPLATES
         from llamafactory.hparams import parser
         print(any(getattr(f, "sfmed_lf_hook", False) for f in sys.meta_path), "sfmed" in TEMPLATES,
               parser._TRAIN_ARGS[3].__name__, "sfmed_lf.integration" in sys.modules)
-    """, env={"SFMED_LF_DISABLE": "1"})
+    """,
+        env={"SFMED_LF_DISABLE": "1"},
+    )
     assert result.stdout.strip().split("\n")[-1] == "False False FinetuningArguments False"
 
 
@@ -81,7 +84,12 @@ def test_activation_is_idempotent():
 def test_explicit_activate_patches_modules_imported_before_the_hook():
     # `python -S` skips site processing, so no .pth runs: what a process without the start-up file looks like.
     site_dirs = [d for d in site.getsitepackages() if Path(d, "llamafactory").is_dir()]
-    result = run([PYTHON, "-S", "-c", textwrap.dedent(f"""
+    result = run(
+        [
+            PYTHON,
+            "-S",
+            "-c",
+            textwrap.dedent(f"""
         import sys
         sys.path[:0] = {site_dirs!r} + [{str(REPO_ROOT)!r}]
         from llamafactory.data.template import TEMPLATES
@@ -89,7 +97,9 @@ def test_explicit_activate_patches_modules_imported_before_the_hook():
         from sfmed_lf.integration import activate
         activate()
         print(before, "sfmed" in TEMPLATES)
-    """)])
+    """),
+        ]
+    )
     assert result.stdout.strip().split("\n")[-1] == "False True"
 
 
@@ -102,15 +112,21 @@ def test_version_guard_names_the_versions_and_the_kill_switch(tmp_path):
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: llamafactory\nVersion: 0.9.4\n")
     result = python("import llamafactory", env={"PYTHONPATH": str(fake)}, check=False)
     assert result.returncode != 0
-    assert ("sfmed-lf supports llamafactory==0.9.5 only, but llamafactory==0.9.4 is installed" in result.stderr)
+    assert "sfmed-lf supports llamafactory==0.9.5 only, but llamafactory==0.9.4 is installed" in result.stderr
     assert "SFMED_LF_DISABLE=1" in result.stderr
     assert python("import llamafactory", env={"PYTHONPATH": str(fake), "SFMED_LF_DISABLE": "1"}).returncode == 0
 
 
 def test_train_help_lists_the_sfmed_options():
     result = run(["llamafactory-cli", "train", "-h"])
-    for option in ("--sfmed_merge_method", "--sfmed_merge_base_model", "--sfmed_merge_keep_prob",
-                   "--sfmed_merge_alpha", "--sfmed_merge_rescale", "--sfmed_merge_seed"):
+    for option in (
+        "--sfmed_merge_method",
+        "--sfmed_merge_base_model",
+        "--sfmed_merge_keep_prob",
+        "--sfmed_merge_alpha",
+        "--sfmed_merge_rescale",
+        "--sfmed_merge_seed",
+    ):
         assert option in result.stdout
     assert "{none,ondare,onties}" in result.stdout
 
@@ -138,26 +154,46 @@ def test_fresh_virtualenv_install_activates_the_plugin(tmp_path, editable):
     venv = tmp_path / "venv"
     run([PYTHON, "-m", "venv", "--without-pip", str(venv)])
     venv_python = venv / "bin" / "python"
-    venv_site = Path(run([str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         cwd=tmp_path).stdout.strip())
+    venv_site = Path(
+        run(
+            [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path
+        ).stdout.strip()
+    )
     dependency_dirs = [d for d in site.getsitepackages() if Path(d, "llamafactory").is_dir()]
     (venv_site / "00_dependencies.pth").write_text("\n".join(dependency_dirs) + "\n")
 
     before = run([str(venv_python), "-c", "import sfmed_lf"], cwd=tmp_path, check=False)
     assert before.returncode != 0, "sfmed_lf must not be importable before the install"
-    install = [PYTHON, "-m", "pip", "--python", str(venv_python), "install", "--no-deps", "--no-build-isolation",
-               "-q", *(["-e", str(source)] if editable else [str(source)])]
+    install = [
+        PYTHON,
+        "-m",
+        "pip",
+        "--python",
+        str(venv_python),
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        *(["-e", str(source)] if editable else [str(source)]),
+    ]
     run(install, timeout=300)
     assert (venv_site / "sfmed_lf.pth").read_text() == "import sfmed_lf._bootstrap\n"
 
-    check = run([str(venv_python), "-c", textwrap.dedent("""
+    check = run(
+        [
+            str(venv_python),
+            "-c",
+            textwrap.dedent("""
         import sfmed_lf
         from llamafactory.data.template import TEMPLATES
         from llamafactory.hparams import parser
         from sfmed_lf.tiny_model import bundled_corpus
         print(sfmed_lf.__file__)
         print("sfmed" in TEMPLATES, parser._TRAIN_ARGS[3].__name__, len(bundled_corpus()) > 100)
-    """)], cwd=tmp_path)
+    """),
+        ],
+        cwd=tmp_path,
+    )
     location, active = check.stdout.strip().split("\n")[-2:]
     assert active == "True SFMedFinetuningArguments True"
     assert location.startswith(str(source if editable else venv_site))

@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig
 from sfmed_lf.merging.task_vector import TaskVectorError, TaskVectorSource, checkpoint_name
 
-SHAPES = {"model.embed_tokens.weight": (50, 8), "model.layers.0.mlp.up_proj.weight": (16, 8),
-          "model.norm.weight": (8,)}
+SHAPES = {"model.embed_tokens.weight": (50, 8), "model.layers.0.mlp.up_proj.weight": (16, 8), "model.norm.weight": (8,)}
 DENSE = OnlineMergingConfig(MergeMethod.ONDARE, keep_prob=1.0, alpha=0.1)
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class MergeMethod(str, Enum):
+class MergeMethod(StrEnum):
     NONE = "none"
     ONDARE = "ondare"  # random (Bernoulli) sparsification of tau and of each update
     ONTIES = "onties"  # top-p magnitude sparsification, then TIES sign election
 
 
-class Rescale(str, Enum):
+class Rescale(StrEnum):
     """What happens to the entries a sparsification keeps.
 
     NONE: kept as they are. This is the paper's formulation and the default: the merged update is a sparse

@@ -91,9 +91,7 @@ class OnlineMergingAdamW(Optimizer):
         return SparseDelta.from_state(state, param.numel())
 
     def _release_source_when_done(self) -> None:
-        built = all(
-            SparseDelta.STATE_KEYS[0] in self.state[p] for group in self.param_groups for p in group["params"]
-        )
+        built = all(SparseDelta.STATE_KEYS[0] in self.state[p] for group in self.param_groups for p in group["params"])
         if built and self._task_vector_source is not None:
             self._task_vector_source.close()
             self._task_vector_source = None

@@ -31,8 +31,9 @@ def magnitude_threshold(flat: torch.Tensor, keep_prob: float, *, seed: int, name
     """The magnitude of the ceil(p * n)-th largest entry of ``flat`` (estimated from a sample for huge tensors)."""
     magnitudes = flat.abs()
     if magnitudes.numel() > EXACT_TOPK_LIMIT:
-        sample_positions = keyed_uniform(EXACT_TOPK_LIMIT, seed=seed, stream="ties-sample", name=name,
-                                         device=flat.device)
+        sample_positions = keyed_uniform(
+            EXACT_TOPK_LIMIT, seed=seed, stream="ties-sample", name=name, device=flat.device
+        )
         sample_positions = (sample_positions * magnitudes.numel()).long().clamp_(max=magnitudes.numel() - 1)
         magnitudes = magnitudes[sample_positions]
     n = magnitudes.numel()
@@ -51,8 +52,15 @@ def sparsify_(
         return torch.ones_like(flat, dtype=torch.bool)
     dense_l1 = flat.abs().sum(dtype=torch.float32) if config.rescale is Rescale.L1 else None
     if config.method is MergeMethod.ONDARE:
-        keep = bernoulli_keep_mask(flat.numel(), config.keep_prob, seed=config.seed, stream=stream, name=name,
-                                   offset=offset, device=flat.device)
+        keep = bernoulli_keep_mask(
+            flat.numel(),
+            config.keep_prob,
+            seed=config.seed,
+            stream=stream,
+            name=name,
+            offset=offset,
+            device=flat.device,
+        )
     else:
         keep = flat.abs() >= magnitude_threshold(flat, config.keep_prob, seed=config.seed, name=name)
     flat.mul_(keep)

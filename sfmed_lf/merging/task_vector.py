@@ -40,7 +40,7 @@ def resolve_model_dir(name_or_path: str, role: str) -> Path:
 
     try:
         return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-    except Exception as error:  # noqa: BLE001 - any hub failure becomes one clear error naming the model
+    except Exception as error:
         raise TaskVectorError(
             f"{role} model {name_or_path!r} is neither a local directory nor available from the Hugging Face "
             f"cache/hub ({type(error).__name__}: {error})."

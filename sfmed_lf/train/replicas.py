@@ -30,7 +30,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 class ReplicaConsistencyCallback(TrainerCallback):
     """At the end of training, fail unless all ranks' weights hash alike; rank 0 writes the digests."""
 
-    def on_train_end(self, args, state, control, model=None, **kwargs) -> None:  # noqa: ANN001 - HF signature
+    def on_train_end(self, args, state, control, model=None, **kwargs) -> None:  # noqa: ANN001, ANN003 - HF
         if model is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return
         digests: list[str | None] = [None] * dist.get_world_size()

@@ -61,8 +61,10 @@ class SFMedDPOTrainer(CustomDPOTrainer):
     def _named_parameter_groups(self) -> list[dict[str, Any]]:
         """Trainer's usual split (no decay for biases and norms), with the parameter names online merging needs."""
         decay_names = set(self.get_decay_parameter_names(self.model))
-        groups = {True: {"params": [], "param_names": [], "weight_decay": self.args.weight_decay},
-                  False: {"params": [], "param_names": [], "weight_decay": 0.0}}
+        groups = {
+            True: {"params": [], "param_names": [], "weight_decay": self.args.weight_decay},
+            False: {"params": [], "param_names": [], "weight_decay": 0.0},
+        }
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 group = groups[name in decay_names]
