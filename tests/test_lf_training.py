@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import lf_train, load_weights, read_json, run
+from tests.helpers import REPO_ROOT, lf_train, load_weights, read_json, run
 
 pytestmark = pytest.mark.slow
 DPO_YAML = "examples/yaml/tiny/dpo.yaml"
@@ -134,3 +134,31 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(pipeline, tmp_path):
     straight, resumed = load_weights(tmp_path / "straight"), load_weights(tmp_path / "resumed")
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-7)
+
+
+def test_board_extra_arguments_reach_the_training_subprocess(pipeline, tmp_path):
+    """LLaMA-Board merges its extra-arguments JSON into the run's arguments, writes them with `save_cmd` and
+    starts `llamafactory-cli train <yaml>` in a subprocess (webui/runner.py); this replays that path."""
+    import json
+
+    import yaml
+    from llamafactory.webui.common import save_cmd
+
+    args = yaml.safe_load((REPO_ROOT / DPO_YAML).read_text())
+    args.update(
+        model_name_or_path=str(pipeline["sft"]),
+        output_dir=str(tmp_path),
+        max_steps=4,
+        dataset_dir=str(REPO_ROOT),
+        sfmed_merge_method="none",
+    )
+    extra_args = json.dumps(
+        {"sfmed_merge_method": "onties", "sfmed_merge_base_model": str(pipeline["pt"]), "sfmed_merge_keep_prob": 0.2}
+    )
+    args.update(json.loads(extra_args))
+    run(
+        ["llamafactory-cli", "train", save_cmd(args)],
+        env={"LLAMABOARD_ENABLED": "1", "LLAMABOARD_WORKDIR": str(tmp_path)},
+    )
+    report = read_json(tmp_path / "sfmed_online_merging.json")
+    assert (report["method"], report["keep_prob"]) == ("onties", 0.2)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 from llamafactory.hparams.parser import _parse_train_args
+
+from tests.helpers import REPO_ROOT
 
 BASE_ARGS = {
     "model_name_or_path": "unused",
@@ -65,3 +70,22 @@ def test_invalid_combinations_fail_with_a_clear_message(changes, message):
 def test_unknown_choice_is_rejected_by_the_parser():
     with pytest.raises(ValueError, match="sfmed_merge_method"):
         parse(sfmed_merge_method="slerp")
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted((REPO_ROOT / "examples" / "yaml").rglob("*.yaml")),
+    ids=lambda p: p.relative_to(REPO_ROOT).as_posix(),
+)
+def test_example_configs_parse(config):
+    values = yaml.safe_load(config.read_text())
+    if "stage" not in values:  # `sfmed` subcommand configs are tested with their commands
+        return
+    deepspeed = values.pop("deepspeed", None)  # HF would initialise DeepSpeed here; check the file instead
+    if deepspeed is not None:
+        assert json.loads((REPO_ROOT / deepspeed).read_text())["zero_optimization"]["stage"] in (2, 3)
+    values.pop("bf16", None)  # needs a bf16-capable device at parse time
+    datasets = json.loads((REPO_ROOT / "dataset_info.json").read_text())
+    assert set(values["dataset"].split(",")) <= set(datasets)
+    finetuning_args = _parse_train_args(values)[3]
+    assert finetuning_args.stage == values["stage"]

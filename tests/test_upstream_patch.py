@@ -1,0 +1,62 @@
+"""patches/0001: LLaMA-Factory with entry-point plugin discovery activates sfmed-lf without the start-up .pth."""
+
+from __future__ import annotations
+
+import shutil
+import site
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO_ROOT, run
+
+PATCH = REPO_ROOT / "patches" / "0001-plugin-entry-points.patch"
+
+
+@pytest.fixture(scope="module")
+def patched_llamafactory(tmp_path_factory) -> Path:
+    """A copy of the installed LLaMA-Factory, laid out as its repository (src/llamafactory), with the patch."""
+    root = tmp_path_factory.mktemp("lf")
+    installed = next(Path(d, "llamafactory") for d in site.getsitepackages() if Path(d, "llamafactory").is_dir())
+    shutil.copytree(installed, root / "src" / "llamafactory", ignore=shutil.ignore_patterns("__pycache__"))
+    run(["git", "init", "-q"], cwd=root)
+    run(["git", "apply", str(PATCH)], cwd=root)
+    return root
+
+
+def isolated_env(patched: Path) -> dict[str, str]:
+    """`python -S` skips site processing, so no .pth file (sfmed_lf.pth included) runs; dependencies, the
+    editable sfmed_lf and its entry-point metadata are reached through plain path entries instead."""
+    paths = [str(patched / "src"), *site.getsitepackages(), str(REPO_ROOT)]
+    return {"PYTHONPATH": ":".join(paths)}
+
+
+def test_entry_point_activates_the_plugin_without_the_pth(patched_llamafactory):
+    code = (
+        "import sys, llamafactory; from llamafactory.data.template import TEMPLATES; "
+        "from llamafactory.hparams import parser; "
+        "print(llamafactory.__file__.startswith(sys.argv[1]), 'sfmed' in TEMPLATES, parser._TRAIN_ARGS[3].__name__)"
+    )
+    env = isolated_env(patched_llamafactory)
+    result = run([sys.executable, "-S", "-c", code, str(patched_llamafactory)], env=env)
+    assert result.stdout.strip().split("\n")[-1] == "True True SFMedFinetuningArguments"
+    disabled = run([sys.executable, "-S", "-c", code, str(patched_llamafactory)], env={**env, "DISABLE_PLUGINS": "1"})
+    assert disabled.stdout.strip().split("\n")[-1] == "True False FinetuningArguments"
+
+
+def test_patch_brings_its_own_passing_tests(patched_llamafactory):
+    run(
+        [
+            sys.executable,
+            "-S",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(patched_llamafactory / "tests" / "extras" / "test_plugins.py"),
+        ],
+        env=isolated_env(patched_llamafactory),
+        cwd=patched_llamafactory,
+    )
