@@ -3,52 +3,13 @@ equivalences, its errors, two-rank DDP and resume."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.conftest import DPO_YAML, dpo, two_ranks
 from tests.helpers import REPO_ROOT, lf_train, load_weights, read_json, run
 
 pytestmark = pytest.mark.slow
-DPO_YAML = "examples/yaml/tiny/dpo.yaml"
-
-
-@pytest.fixture(scope="session")
-def pipeline(tmp_path_factory) -> dict[str, Path]:
-    """tiny model -> CPT -> SFT, as the demo runs it (one epoch each)."""
-    root = tmp_path_factory.mktemp("pipeline")
-    paths = {name: root / name for name in ("model", "pt", "sft")}
-    run(["sfmed", "tiny-model", "examples/yaml/tiny/tiny_model.yaml", f"output_dir={paths['model']}"])
-    lf_train(
-        "examples/yaml/tiny/pt.yaml",
-        f"model_name_or_path={paths['model']}",
-        f"output_dir={paths['pt']}",
-        "num_train_epochs=1",
-    )
-    lf_train(
-        "examples/yaml/tiny/sft.yaml",
-        f"model_name_or_path={paths['pt']}",
-        f"output_dir={paths['sft']}",
-        "num_train_epochs=1",
-    )
-    for stage in ("pt", "sft"):
-        assert (paths[stage] / "training_loss.png").is_file()
-    return paths
-
-
-def dpo(pipeline: dict[str, Path], output_dir: Path, *overrides: str, env=None, check=True):
-    return lf_train(
-        DPO_YAML,
-        f"model_name_or_path={pipeline['sft']}",
-        f"sfmed_merge_base_model={pipeline['pt']}",
-        f"output_dir={output_dir}",
-        "max_steps=6",
-        *overrides,
-        env=env,
-        check=check,
-    )
 
 
 def tau(pipeline) -> dict[str, torch.Tensor]:
@@ -111,8 +72,7 @@ def test_mismatched_base_model_is_rejected_before_training(pipeline, tmp_path):
 
 
 def test_two_ddp_ranks_keep_identical_weights(pipeline, tmp_path):
-    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    dpo(pipeline, tmp_path, "sfmed_merge_keep_prob=0.3", "sfmed_merge_alpha=0.01", "ddp_backend=gloo", env=env)
+    dpo(pipeline, tmp_path, "sfmed_merge_keep_prob=0.3", "sfmed_merge_alpha=0.01", "ddp_backend=gloo", env=two_ranks())
     check = read_json(tmp_path / "sfmed_replica_check.json")
     assert check["global_step"] == 6
     assert len(check["digests"]) == 2 and check["identical"] is True

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
+from sfmed_lf.merging.layout import Segment
 from sfmed_lf.merging.masks import MASK_CHUNK, bernoulli_keep_mask, keyed_uniform
 from sfmed_lf.merging.optimizer import OnlineMergingAdamW, merge_update_
 from sfmed_lf.merging.sparse_delta import SparseDelta
@@ -180,7 +181,7 @@ def test_onties_sign_election_on_hand_made_tensors():
     alpha = 0.25
     config = OnlineMergingConfig(MergeMethod.ONTIES, keep_prob=1.0, alpha=alpha)
     param = torch.zeros(6)
-    merge_update_(param, update.clone(), SparseDelta.from_dense(tau), config, name="w", step=1)
+    merge_update_(param, update.clone(), SparseDelta.from_dense(tau), config, segments=[Segment("w", 0, 6, 0)], step=1)
     # 0: both agree (+)        -> a*0.5 + (1-a)*0.1
     # 1: tau - wins, update +  -> a*(-0.5)
     # 2: tau absent            -> (1-a)*(-0.4)
@@ -273,3 +274,88 @@ def test_config_validation(kwargs, message):
     values = {"method": "ondare", "keep_prob": 0.5, "alpha": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message):
         OnlineMergingConfig(**values)
+
+
+class CheckpointLikeTaskVectors(InMemoryTaskVectors):
+    """Slices like TaskVectorSource.sparse_slice: sparsify only the requested flat range."""
+
+    def sparse_slice(self, name, config, *, offset=0, numel=None, device="cpu", dtype=torch.float32):
+        self.requests.append(name)
+        flat = self.taus[name].reshape(-1).to(torch.float32)
+        tau = flat[offset : flat.numel() if numel is None else offset + numel].clone()
+        sparsify_(tau, config, name=name, stream="tau", offset=offset)
+        return SparseDelta.from_dense(tau, dtype=dtype)
+
+
+def sharded_run(named, taus, config, world_size: int, steps: int) -> dict[str, torch.Tensor]:
+    """Simulate ZeRO-1/2: concatenate all parameters (with a padding gap), cut the flat buffer into `world_size`
+    equal partitions, give each "rank" its own optimizer over its partition, and reassemble the weights."""
+    pad = 5
+    offsets, cursor = {}, 0
+    for name, param in named:
+        offsets[name] = cursor
+        cursor += param.numel() + pad
+    size = -(-cursor // world_size)
+    flat = torch.zeros(size * world_size)
+    for name, param in named:
+        flat[offsets[name] : offsets[name] + param.numel()] = param.reshape(-1)
+    partitions = [flat[r * size : (r + 1) * size].clone() for r in range(world_size)]
+    optimizers = []
+    for rank, partition in enumerate(partitions):
+        begin, end = rank * size, (rank + 1) * size
+        segments = []
+        for name, param in named:
+            lo, hi = max(offsets[name], begin), min(offsets[name] + param.numel(), end)
+            if lo < hi:
+                segments.append(Segment(name, lo - begin, hi - lo, lo - offsets[name]))
+        optimizer = OnlineMergingAdamW(
+            [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}],
+            config,
+            CheckpointLikeTaskVectors(taus),
+            lr=1e-2,
+            betas=(0.9, 0.99),
+            eps=1e-8,
+            weight_decay=0.0,
+        )
+        optimizer.param_groups[0]["params"] = [partition]  # what DeepSpeed does to the inner optimizer
+        optimizer.register_layouts({id(partition): segments})
+        optimizers.append(optimizer)
+    full_grads = torch.zeros(size * world_size)
+    for step in range(steps):
+        for (name, param), grad in zip(named, grads_for(step, [p for _, p in named]), strict=True):
+            full_grads[offsets[name] : offsets[name] + param.numel()] = grad.reshape(-1)
+        for rank, (partition, optimizer) in enumerate(zip(partitions, optimizers, strict=True)):
+            partition.grad = full_grads[rank * size : (rank + 1) * size].clone()
+            optimizer.step()
+    flat = torch.cat(partitions)
+    return {name: flat[offsets[name] : offsets[name] + p.numel()].view_as(p) for name, p in named}
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ondare_masks_do_not_depend_on_the_partition_layout(world_size):
+    config = OnlineMergingConfig(MergeMethod.ONDARE, keep_prob=0.3, alpha=0.05)
+    taus = {n: torch.randn_like(p) * 0.1 for n, p in make_params()}
+    unsharded = make_params()
+    optimizer = OnlineMergingAdamW(
+        [{"params": [p for _, p in unsharded], "param_names": [n for n, _ in unsharded]}],
+        config,
+        CheckpointLikeTaskVectors(taus),
+        lr=1e-2,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        weight_decay=0.0,
+    )
+    run_optimizer(optimizer, [p for _, p in unsharded], range(8))
+    sharded = sharded_run(make_params(), taus, config, world_size, steps=8)
+    for name, param in unsharded:
+        torch.testing.assert_close(sharded[name], param, rtol=0, atol=1e-6)
+
+
+def test_unregistered_sharded_tensor_is_a_clear_error():
+    named = make_params()
+    optimizer, _ = merging_optimizer(named, OnlineMergingConfig(MergeMethod.ONDARE, 0.5, 0.1))
+    flat = torch.zeros(10, requires_grad=True)
+    flat.grad = torch.ones(10)
+    optimizer.param_groups[0]["params"] = [flat]
+    with pytest.raises(RuntimeError, match="layout is unknown; a sharded optimizer must call register_layouts"):
+        optimizer.step()

@@ -82,3 +82,14 @@ def test_unusable_paths_name_the_model(tmp_path):
 
 def test_wrapper_prefixes_are_stripped():
     assert checkpoint_name("module._orig_mod.model.norm.weight") == "model.norm.weight"
+
+
+def test_flat_slices_read_only_the_needed_rows(tmp_path):
+    sft = weights(1)
+    write_safetensors(tmp_path / "sft", sft)
+    write_safetensors(tmp_path / "base", weights(2))
+    reader = TaskVectorSource(str(tmp_path / "sft"), str(tmp_path / "base")).sft
+    flat = sft["model.embed_tokens.weight"].reshape(-1)
+    for offset, numel in [(0, 8), (5, 3), (13, 100), (392, 8), (0, None), (7, None)]:
+        expected = flat[offset:] if numel is None else flat[offset : offset + numel]
+        assert torch.equal(reader.flat_slice("model.embed_tokens.weight", offset, numel), expected)

@@ -12,8 +12,9 @@ tau' (see ``sparse_delta.py``). tau' is built lazily at a parameter's first step
 already holds it, and the source checkpoints are released once every parameter has it.
 
 Every parameter group carries ``param_names`` (PyTorch's own key for named parameters): names key the random
-masks and locate tau in the checkpoints. The merge itself works on (flat tensor, name, offset) so that sharded
-optimizers (ZeRO partitions, FSDP flat parameters) can call it on their slices.
+masks and locate tau in the checkpoints. When a sharded optimizer (DeepSpeed ZeRO) replaces the parameters by flat
+partitions, :meth:`OnlineMergingAdamW.register_layouts` tells which parameter slices each partition holds
+(``layout.py``); masks, top-p selection and tau then work per slice, keyed by the full parameter's name and offset.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch.optim import Optimizer
 
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig
+from sfmed_lf.merging.layout import Segment, whole_parameter
 from sfmed_lf.merging.sparse_delta import SparseDelta
 from sfmed_lf.merging.sparsify import elect_signs, sparsify_
 from sfmed_lf.merging.task_vector import TaskVectorSource
@@ -41,12 +43,16 @@ def merge_update_(
     tau: SparseDelta,
     config: OnlineMergingConfig,
     *,
-    name: str,
+    segments: list[Segment],
     step: int,
-    offset: int = 0,
 ) -> None:
-    """theta += (1 - alpha) * sparsify(delta) + alpha * tau' on a flat slice; ``flat_update`` is consumed."""
-    sparsify_(flat_update, config, name=name, stream=update_stream(step), offset=offset)
+    """theta += (1 - alpha) * sparsify(delta) + alpha * tau' on a flat tensor; ``flat_update`` is consumed.
+
+    Each segment (a slice of one parameter) is sparsified on its own; entries outside every segment (alignment
+    padding of sharded partitions) carry no gradient and are left as they are."""
+    for segment in segments:
+        update_slice = flat_update[segment.start : segment.start + segment.length]
+        sparsify_(update_slice, config, name=segment.name, stream=update_stream(step), offset=segment.param_offset)
     tau_positions, tau_values = tau.positions(), tau.values
     if config.method is MergeMethod.ONTIES and tau.nnz:
         update_at_tau = flat_update[tau_positions].to(tau_values.dtype)
@@ -81,18 +87,66 @@ class OnlineMergingAdamW(Optimizer):
                 raise ValueError(f"param group {index} needs `param_names` aligned with its `params`.")
         self.config = config
         self._task_vector_source = task_vector_source
+        self._segments: dict[int, list[Segment]] = {
+            id(param): whole_parameter(name, param)
+            for group in self.param_groups
+            for param, name in zip(group["params"], group["param_names"], strict=True)
+        }
+        self._tau_pending = set(self._segments)
+        self._layout_resolver: Callable[[], dict[int, list[Segment]]] | None = None
 
-    def _task_vector(self, param: torch.Tensor, name: str, state: dict[str, Any]) -> SparseDelta:
+    def register_layouts(self, layouts: dict[int, list[Segment]]) -> None:
+        """Declare the tensors a sharded optimizer steps instead of the parameters: id(tensor) -> its segments."""
+        self._segments = dict(layouts)
+        built = {id(p) for p, state in self.state.items() if SparseDelta.STATE_KEYS[0] in state}
+        self._tau_pending = set(layouts) - built
+
+    def set_layout_resolver(self, resolver: Callable[[], dict[int, list[Segment]]]) -> None:
+        """Layouts that only exist once training starts (DeepSpeed builds its partitions after the optimizer):
+        ``resolver`` is called at the first step that meets an unknown tensor."""
+        self._layout_resolver = resolver
+
+    def _segments_for(self, param: torch.Tensor) -> list[Segment]:
+        if id(param) not in self._segments and self._layout_resolver is not None:
+            self.register_layouts(self._layout_resolver())
+            self._layout_resolver = None
+        try:
+            return self._segments[id(param)]
+        except KeyError:
+            raise RuntimeError(
+                f"online merging: the optimizer is stepping a tensor of shape {tuple(param.shape)} whose parameter "
+                "layout is unknown; a sharded optimizer must call register_layouts() first."
+            ) from None
+
+    def _task_vector(self, param: torch.Tensor, segments: list[Segment], state: dict[str, Any]) -> SparseDelta:
         if SparseDelta.STATE_KEYS[0] not in state:
             if self._task_vector_source is None:
-                raise RuntimeError(f"online merging: no task vector for {name!r} and no source to build it from.")
-            tau = self._task_vector_source.sparse_slice(name, self.config, device=param.device, dtype=param.dtype)
+                names = ", ".join(sorted({segment.name for segment in segments}))
+                raise RuntimeError(f"online merging: no task vector for {names} and no source to build it from.")
+            positions, values = [], []
+            for segment in segments:
+                part = self._task_vector_source.sparse_slice(
+                    segment.name,
+                    self.config,
+                    offset=segment.param_offset,
+                    numel=segment.length,
+                    device=param.device,
+                    dtype=param.dtype,
+                )
+                positions.append(part.positions() + segment.start)
+                values.append(part.values)
+            no_entries = torch.empty(0, device=param.device)
+            tau = SparseDelta.from_positions(
+                param.numel(),
+                torch.cat(positions) if positions else no_entries.long(),
+                torch.cat(values) if values else no_entries.to(param.dtype),
+            )
             state.update(tau.to_state())
+        self._tau_pending.discard(id(param))
         return SparseDelta.from_state(state, param.numel())
 
     def _release_source_when_done(self) -> None:
-        built = all(SparseDelta.STATE_KEYS[0] in self.state[p] for group in self.param_groups for p in group["params"])
-        if built and self._task_vector_source is not None:
+        if not self._tau_pending and self._task_vector_source is not None:
             self._task_vector_source.close()
             self._task_vector_source = None
 
@@ -104,7 +158,7 @@ class OnlineMergingAdamW(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for param, name in zip(group["params"], group["param_names"], strict=True):
+            for param in group["params"]:
                 if param.grad is None:
                     continue
                 if param.grad.is_sparse:
@@ -114,13 +168,14 @@ class OnlineMergingAdamW(Optimizer):
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                tau = self._task_vector(param, name, state)
+                segments = self._segments_for(param)
+                tau = self._task_vector(param, segments, state)
                 state["step"] += 1
                 step = int(state["step"].item())
                 update = self._adam_update(param.grad, state, step, lr, beta1, beta2, eps)
                 if weight_decay:
                     param.mul_(1.0 - lr * weight_decay)
-                merge_update_(param.view(-1), update.view(-1), tau, self.config, name=name, step=step)
+                merge_update_(param.view(-1), update.view(-1), tau, self.config, segments=segments, step=step)
         self._release_source_when_done()
         return loss
 
@@ -150,10 +205,14 @@ class OnlineMergingAdamW(Optimizer):
                     self.state[param][key] = saved[key].to(device=param.device)
 
     def persistent_merge_bytes(self) -> int:
-        """Bytes held for tau' (what online merging keeps beyond AdamW's state)."""
+        """Bytes held for tau' on this rank (what online merging keeps beyond AdamW's state)."""
         return sum(
-            SparseDelta.from_state(self.state[p], p.numel()).nbytes()
-            for group in self.param_groups
-            for p in group["params"]
-            if SparseDelta.STATE_KEYS[0] in self.state[p]
+            state[key].numel() * state[key].element_size()
+            for state in self.state.values()
+            for key in SparseDelta.STATE_KEYS
+            if key in state
         )
+
+    def merged_numel(self) -> int:
+        """Elements this rank's optimizer updates (all trainable parameters, or this rank's partitions)."""
+        return sum(state["exp_avg"].numel() for state in self.state.values() if "exp_avg" in state)

@@ -30,16 +30,17 @@ class SparseDelta:
     def from_dense(cls, flat: torch.Tensor, dtype: torch.dtype | None = None) -> SparseDelta:
         """Store the non-zero entries of the 1-D tensor ``flat``."""
         positions = flat.nonzero().squeeze(1)
-        num_chunks = (flat.numel() + _LOW_MASK) >> CHUNK_BITS
+        return cls.from_positions(flat.numel(), positions, flat[positions].to(dtype or flat.dtype))
+
+    @classmethod
+    def from_positions(cls, numel: int, positions: torch.Tensor, values: torch.Tensor) -> SparseDelta:
+        """Store ``values`` at the ascending int64 ``positions`` of a flat tensor of ``numel`` elements."""
+        num_chunks = (numel + _LOW_MASK) >> CHUNK_BITS
         counts = torch.bincount(positions >> CHUNK_BITS, minlength=num_chunks)
-        chunk_offsets = torch.zeros(num_chunks + 1, dtype=torch.int64, device=flat.device)
+        chunk_offsets = torch.zeros(num_chunks + 1, dtype=torch.int64, device=values.device)
         torch.cumsum(counts, 0, out=chunk_offsets[1:])
-        return cls(
-            numel=flat.numel(),
-            chunk_offsets=chunk_offsets,
-            low_positions=((positions & _LOW_MASK) - _INT16_SHIFT).to(torch.int16),
-            values=flat[positions].to(dtype or flat.dtype),
-        )
+        low_positions = ((positions & _LOW_MASK) - _INT16_SHIFT).to(torch.int16)
+        return cls(numel=numel, chunk_offsets=chunk_offsets, low_positions=low_positions, values=values)
 
     @property
     def nnz(self) -> int:

@@ -88,9 +88,25 @@ class CheckpointReader:
             return tuple(handle[name].shape)
         return tuple(handle.get_slice(name).get_shape())
 
-    def tensor(self, name: str) -> torch.Tensor:
+    def flat_slice(self, name: str, offset: int = 0, numel: int | None = None) -> torch.Tensor:
+        """Elements [offset, offset + numel) of the flattened tensor, reading only the rows that hold them, so
+        a rank that owns a shard of a parameter never reads the whole parameter."""
         handle = self._open(self._file_of[name])
-        return handle[name] if isinstance(handle, dict) else handle.get_tensor(name)
+        if isinstance(handle, dict):
+            flat = handle[name].reshape(-1)
+            return flat[offset : flat.numel() if numel is None else offset + numel]
+        tensor_slice = handle.get_slice(name)
+        shape = tensor_slice.get_shape()
+        total = 1
+        for dim in shape:
+            total *= dim
+        stop = total if numel is None else offset + numel
+        if len(shape) < 2 or (offset == 0 and stop == total):
+            return handle.get_tensor(name).reshape(-1)[offset:stop]
+        row = total // shape[0]
+        first_row, end_row = offset // row, -(-stop // row)
+        rows = tensor_slice[first_row:end_row].reshape(-1)
+        return rows[offset - first_row * row : stop - first_row * row]
 
     def close(self) -> None:
         self._open_files.clear()
@@ -144,11 +160,9 @@ class TaskVectorSource:
     ) -> SparseDelta:
         """Sparsified tau for flat elements [offset, offset + numel) of one parameter, stored compactly."""
         name = checkpoint_name(parameter_name)
-        sft = self.sft.tensor(name).reshape(-1)
-        stop = sft.numel() if numel is None else offset + numel
         # copy=True: safetensors may hand out views of its memory map, which must never be written to.
-        tau = sft[offset:stop].to(device=device, dtype=torch.float32, copy=True)
-        tau.sub_(self.base.tensor(name).reshape(-1)[offset:stop].to(device=device, dtype=torch.float32))
+        tau = self.sft.flat_slice(name, offset, numel).to(device=device, dtype=torch.float32, copy=True)
+        tau.sub_(self.base.flat_slice(name, offset, numel).to(device=device, dtype=torch.float32))
         sparsify_(tau, config, name=name, stream=TAU_STREAM, offset=offset)
         return SparseDelta.from_dense(tau, dtype=dtype)
 

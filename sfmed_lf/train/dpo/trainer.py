@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
 
+from sfmed_lf.merging.layout import Segment, zero3_layouts, zero12_layouts
 from sfmed_lf.merging.optimizer import OnlineMergingAdamW
 from sfmed_lf.merging.task_vector import TaskVectorSource
 from sfmed_lf.train.replicas import ReplicaConsistencyCallback
@@ -31,19 +32,40 @@ class SFMedDPOTrainer(CustomDPOTrainer):
         self._task_vector_source: TaskVectorSource | None = None
         if not getattr(finetuning_args, "online_merging_enabled", False):
             return
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_fsdp_enabled:
             raise NotImplementedError(
-                "sfmed online merging runs single-process or under DDP (FORCE_TORCHRUN=1 without `deepspeed:` or "
-                "`fsdp:`); DeepSpeed ZeRO and FSDP support is not implemented yet."
+                "sfmed online merging runs single-process, under DDP or under DeepSpeed ZeRO-1/2/3; FSDP support is "
+                "not implemented yet."
             )
         self.merge_config = finetuning_args.online_merging_config(default_seed=self.args.seed)
         sft_model = finetuning_args.sfmed_merge_sft_model or self.model.config._name_or_path
         self._task_vector_source = TaskVectorSource(sft_model, finetuning_args.sfmed_merge_base_model)
         self._task_vector_source.check_compatible(
-            {name: param.shape for name, param in self.model.named_parameters() if param.requires_grad}
+            {  # ZeRO-3 parameters are empty placeholders; ds_shape is their real shape
+                name: getattr(param, "ds_shape", param.shape)
+                for name, param in self.model.named_parameters()
+                if param.requires_grad
+            }
         )
-        if finetuning_args.sfmed_merge_check_replicas:
+        # Under ZeRO-3 every rank holds different shards by design, so there is nothing to compare.
+        if finetuning_args.sfmed_merge_check_replicas and self._zero_stage() < 3:
             self.add_callback(ReplicaConsistencyCallback())
+
+    def _zero_stage(self) -> int:
+        if not self.is_deepspeed_enabled:
+            return 0
+        return int(self.accelerator.state.deepspeed_plugin.zero_stage)
+
+    def _sharded_layouts(self) -> dict[int, list[Segment]]:
+        """Parameter slices of the flat partitions DeepSpeed's ZeRO optimizer hands to our optimizer."""
+        zero_optimizer = self.model_wrapped.optimizer
+        names = {id(param): name for name, param in self.model.named_parameters()}
+        stage = self._zero_stage()
+        if stage in (1, 2):
+            return zero12_layouts(zero_optimizer, names)
+        if stage == 3:
+            return zero3_layouts(zero_optimizer, names)
+        raise NotImplementedError(f"online merging under DeepSpeed supports ZeRO stages 1-3, not stage {stage}.")
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         if self.optimizer is None and self._task_vector_source is not None:
@@ -56,6 +78,8 @@ class SFMedDPOTrainer(CustomDPOTrainer):
                 eps=self.args.adam_epsilon,
                 weight_decay=self.args.weight_decay,
             )
+            if self.is_deepspeed_enabled:
+                self.optimizer.set_layout_resolver(self._sharded_layouts)
         return super().create_optimizer(*args, **kwargs)
 
     def _named_parameter_groups(self) -> list[dict[str, Any]]:
@@ -74,15 +98,22 @@ class SFMedDPOTrainer(CustomDPOTrainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         output = super().train(*args, **kwargs)
-        if isinstance(self.optimizer, torch.optim.Optimizer) and self.is_world_process_zero():
+        if self.is_world_process_zero():
             self._write_merge_report()
         return output
 
+    def _merging_optimizer(self) -> OnlineMergingAdamW | None:
+        """Ours, under accelerate's and DeepSpeed's wrappers (each keeps the wrapped one as `.optimizer`)."""
+        optimizer = self.optimizer
+        while optimizer is not None and not isinstance(optimizer, OnlineMergingAdamW):
+            optimizer = getattr(optimizer, "optimizer", None)
+        return optimizer
+
     def _write_merge_report(self) -> None:
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
-        if not isinstance(optimizer, OnlineMergingAdamW):
+        optimizer = self._merging_optimizer()
+        if optimizer is None:
             return
-        trainable = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+        merged = optimizer.merged_numel()
         tau_bytes = optimizer.persistent_merge_bytes()
         report = {
             "method": self.merge_config.method.value,
@@ -90,8 +121,9 @@ class SFMedDPOTrainer(CustomDPOTrainer):
             "alpha": self.merge_config.alpha,
             "rescale": self.merge_config.rescale.value,
             "seed": self.merge_config.seed,
-            "trainable_parameters": trainable,
-            "tau_bytes": tau_bytes,
-            "tau_bytes_over_fp32_copy": tau_bytes / (4 * trainable),
+            "zero_stage": self._zero_stage(),
+            "merged_elements_rank0": merged,
+            "tau_bytes_rank0": tau_bytes,
+            "tau_bytes_over_fp32_copy": tau_bytes / (4 * merged) if merged else 0.0,
         }
         atomic_write_text(Path(self.args.output_dir) / MERGE_REPORT_NAME, json.dumps(report, indent=2) + "\n")
