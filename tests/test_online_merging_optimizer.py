@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -116,7 +117,7 @@ def test_dare_kept_fraction_within_binomial_bounds():
     for step in range(3):
         kept = bernoulli_keep_mask(numel, keep_prob, seed=7, stream=f"update-{step}", name="w").sum().item()
         assert abs(kept - numel * keep_prob) < 5 * sigma
-    update = torch.randn(numel)
+    update = torch.rand(numel, generator=torch.Generator().manual_seed(0)) + 0.5  # no zeros: kept = non-zero
     keep = sparsify_(update, OnlineMergingConfig(MergeMethod.ONDARE, keep_prob, 0.0), name="w", stream="s")
     assert abs(keep.sum().item() - numel * keep_prob) < 5 * sigma
     assert torch.count_nonzero(update) == keep.sum()
@@ -144,16 +145,33 @@ def test_ties_keeps_exactly_the_top_p_by_magnitude():
     keep = sparsify_(kept, config, name="w", stream="s")
     assert keep.tolist() == [False, True, False, True, False, False, False, False, True, False]
     assert kept.tolist() == [0, -3.0, 0, 2.0, 0, 0, 0, 0, -1.5, 0]
-    assert magnitude_threshold(values, 0.3, seed=0, name="w").item() == 1.5
+    assert magnitude_threshold(values.abs(), 0.3, seed=0, name="w").item() == 1.5
 
 
-def test_ties_on_huge_tensors_estimates_the_threshold_from_a_sample(monkeypatch):
+@pytest.mark.parametrize("distribution", ["normal", "heavy-tailed", "many-ties", "mostly-zero"])
+@pytest.mark.parametrize("keep_prob", [0.001, 0.05, 0.5, 0.999])
+def test_bracketed_threshold_is_the_exact_kth_largest(distribution, keep_prob):
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{distribution}/{keep_prob}".encode()))
+    n = 300_000
+    values = {
+        "normal": lambda: torch.randn(n, generator=generator),
+        "heavy-tailed": lambda: torch.randn(n, generator=generator) ** 5,
+        "many-ties": lambda: torch.randint(0, 7, (n,), generator=generator).float(),
+        "mostly-zero": lambda: torch.randn(n, generator=generator) * (torch.rand(n, generator=generator) < 0.01),
+    }[distribution]()
+    magnitudes = values.abs()
+    keep = math.ceil(keep_prob * n)
+    exact = magnitudes.kthvalue(n - keep + 1).values
+    assert magnitude_threshold(magnitudes, keep_prob, seed=1, name="w") == exact
+
+
+def test_bracket_miss_falls_back_to_a_full_selection(monkeypatch):
     import sfmed_lf.merging.sparsify as sparsify_module
 
-    monkeypatch.setattr(sparsify_module, "EXACT_TOPK_LIMIT", 1 << 14)
-    values = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0))
-    keep = sparsify_(values.clone(), OnlineMergingConfig(MergeMethod.ONTIES, 0.05, 0.0), name="w", stream="s")
-    assert abs(keep.float().mean().item() - 0.05) < 0.01
+    monkeypatch.setattr(sparsify_module, "BRACKET_SIGMAS", 0.0)  # a bracket of width ~0 misses the quantile
+    magnitudes = torch.rand(200_000, generator=torch.Generator().manual_seed(3))
+    exact = magnitudes.kthvalue(200_000 - 10_000 + 1).values
+    assert magnitude_threshold(magnitudes, 0.05, seed=0, name="w") == exact
 
 
 def test_rescale_modes():
@@ -203,7 +221,7 @@ def test_onties_sign_election_on_hand_made_tensors():
 def test_sparse_delta_roundtrip_and_size():
     dense = torch.zeros(300_000)
     positions = torch.randperm(300_000, generator=torch.Generator().manual_seed(0))[:15_000]
-    dense[positions] = torch.randn(15_000)
+    dense[positions] = torch.rand(15_000, generator=torch.Generator().manual_seed(1)) + 0.5  # no zeros
     sparse = SparseDelta.from_dense(dense)
     assert torch.equal(sparse.to_dense(), dense)
     assert torch.equal(sparse.positions(), positions.sort().values)

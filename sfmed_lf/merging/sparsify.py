@@ -21,23 +21,39 @@ import torch
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
 from sfmed_lf.merging.masks import bernoulli_keep_mask, keyed_uniform
 
-# Above this many elements the top-p threshold is the quantile of a fixed random sample of this size: exact
-# selection on one huge slice (an embedding of 10^8+ entries) is slow on GPUs, and the sample's quantile is within
-# a few 1e-5 of p there (binomial error of a 2^24 sample).
-EXACT_TOPK_LIMIT = 1 << 24
+# The exact top-p threshold is found inside a bracket estimated from a fixed sample of this many entries.
+SAMPLE_SIZE = 1 << 16
+# Half-width of the bracket, in standard errors of the sample quantile: the k-th largest entry falls outside it with
+# probability ~1e-7; then the selection falls back to a full kthvalue. The result is exact either way.
+BRACKET_SIGMAS = 5.5
 
 
-def magnitude_threshold(flat: torch.Tensor, keep_prob: float, *, seed: int, name: str) -> torch.Tensor:
-    """The magnitude of the ceil(p * n)-th largest entry of ``flat`` (estimated from a sample for huge tensors)."""
-    magnitudes = flat.abs()
-    if magnitudes.numel() > EXACT_TOPK_LIMIT:
-        sample_positions = keyed_uniform(
-            EXACT_TOPK_LIMIT, seed=seed, stream="ties-sample", name=name, device=flat.device
-        )
-        sample_positions = (sample_positions * magnitudes.numel()).long().clamp_(max=magnitudes.numel() - 1)
-        magnitudes = magnitudes[sample_positions]
+def magnitude_threshold(magnitudes: torch.Tensor, keep_prob: float, *, seed: int, name: str) -> torch.Tensor:
+    """The ceil(p * n)-th largest of the non-negative 1-D ``magnitudes``: keeping ``magnitudes >= threshold`` keeps
+    the top-p entries (plus any ties at the threshold).
+
+    A full selection costs a copy and a quickselect over all n entries at every step (the reference argsorts).
+    Instead: the quantile's neighbourhood is bracketed from a random sample, entries above the bracket are counted,
+    and only the entries inside it (a few per mille) are selected exactly."""
     n = magnitudes.numel()
     keep = min(n, max(1, math.ceil(keep_prob * n)))
+    if n <= SAMPLE_SIZE:
+        return magnitudes.float().kthvalue(n - keep + 1).values
+    positions = keyed_uniform(SAMPLE_SIZE, seed=seed, stream="ties-sample", name=name, device=magnitudes.device)
+    sample = magnitudes[(positions * n).long().clamp_(max=n - 1)].float()
+    quantile = 1.0 - keep / n
+    margin = BRACKET_SIGMAS * math.sqrt(max(quantile * (1.0 - quantile), 1.0 / n) / SAMPLE_SIZE)
+    low_rank = min(SAMPLE_SIZE, max(1, math.floor((quantile - margin) * SAMPLE_SIZE)))
+    high_rank = min(SAMPLE_SIZE, max(1, math.ceil((quantile + margin) * SAMPLE_SIZE)))
+    low, high = sample.kthvalue(low_rank).values, sample.kthvalue(high_rank).values
+    if high_rank == SAMPLE_SIZE:
+        high = magnitudes.max().float()
+    if low_rank == 1:
+        low = magnitudes.min().float()
+    above = int((magnitudes > high).sum())
+    inside = magnitudes[(magnitudes >= low) & (magnitudes <= high)].float()
+    if above < keep <= above + inside.numel():
+        return inside.kthvalue(inside.numel() - (keep - above) + 1).values
     return magnitudes.float().kthvalue(n - keep + 1).values
 
 
@@ -62,7 +78,8 @@ def sparsify_(
             device=flat.device,
         )
     else:
-        keep = flat.abs() >= magnitude_threshold(flat, config.keep_prob, seed=config.seed, name=name)
+        magnitudes = flat.abs()
+        keep = magnitudes >= magnitude_threshold(magnitudes, config.keep_prob, seed=config.seed, name=name)
     flat.mul_(keep)
     if config.rescale is Rescale.INVERSE_P:
         flat.div_(config.keep_prob)
