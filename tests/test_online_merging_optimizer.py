@@ -17,7 +17,8 @@ from sfmed_lf.merging.sparsify import elect_signs, magnitude_threshold, sparsify
 
 
 class InMemoryTaskVectors:
-    """A TaskVectorSource stand-in holding dense tau per name (the real one reads checkpoints, tested apart)."""
+    """A TaskVectorSource stand-in holding dense tau per name (the real one reads checkpoints, tested apart);
+    like the real one, it sparsifies only the requested flat range of a parameter."""
 
     def __init__(self, taus: dict[str, torch.Tensor]) -> None:
         self.taus = taus
@@ -26,8 +27,9 @@ class InMemoryTaskVectors:
 
     def sparse_slice(self, name, config, *, offset=0, numel=None, device="cpu", dtype=torch.float32):
         self.requests.append(name)
-        tau = self.taus[name].reshape(-1).to(torch.float32).clone()
-        sparsify_(tau, config, name=name, stream="tau")
+        flat = self.taus[name].reshape(-1).to(torch.float32)
+        tau = flat[offset : flat.numel() if numel is None else offset + numel].clone()
+        sparsify_(tau, config, name=name, stream="tau", offset=offset)
         return SparseDelta.from_dense(tau, dtype=dtype)
 
     def close(self):
@@ -294,15 +296,16 @@ def test_config_validation(kwargs, message):
         OnlineMergingConfig(**values)
 
 
-class CheckpointLikeTaskVectors(InMemoryTaskVectors):
-    """Slices like TaskVectorSource.sparse_slice: sparsify only the requested flat range."""
-
-    def sparse_slice(self, name, config, *, offset=0, numel=None, device="cpu", dtype=torch.float32):
-        self.requests.append(name)
-        flat = self.taus[name].reshape(-1).to(torch.float32)
-        tau = flat[offset : flat.numel() if numel is None else offset + numel].clone()
-        sparsify_(tau, config, name=name, stream="tau", offset=offset)
-        return SparseDelta.from_dense(tau, dtype=dtype)
+def one_group_optimizer(named, config, taus) -> OnlineMergingAdamW:
+    return OnlineMergingAdamW(
+        [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}],
+        config,
+        InMemoryTaskVectors(taus),
+        lr=1e-2,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        weight_decay=0.0,
+    )
 
 
 def sharded_run(named, taus, config, world_size: int, steps: int) -> dict[str, torch.Tensor]:
@@ -326,15 +329,7 @@ def sharded_run(named, taus, config, world_size: int, steps: int) -> dict[str, t
             lo, hi = max(offsets[name], begin), min(offsets[name] + param.numel(), end)
             if lo < hi:
                 segments.append(Segment(name, lo - begin, hi - lo, lo - offsets[name]))
-        optimizer = OnlineMergingAdamW(
-            [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}],
-            config,
-            CheckpointLikeTaskVectors(taus),
-            lr=1e-2,
-            betas=(0.9, 0.99),
-            eps=1e-8,
-            weight_decay=0.0,
-        )
+        optimizer = one_group_optimizer(named, config, taus)
         optimizer.param_groups[0]["params"] = [partition]  # what DeepSpeed does to the inner optimizer
         optimizer.register_layouts({id(partition): segments})
         optimizers.append(optimizer)
@@ -354,16 +349,7 @@ def test_ondare_masks_do_not_depend_on_the_partition_layout(world_size):
     config = OnlineMergingConfig(MergeMethod.ONDARE, keep_prob=0.3, alpha=0.05)
     taus = {n: torch.randn_like(p) * 0.1 for n, p in make_params()}
     unsharded = make_params()
-    optimizer = OnlineMergingAdamW(
-        [{"params": [p for _, p in unsharded], "param_names": [n for n, _ in unsharded]}],
-        config,
-        CheckpointLikeTaskVectors(taus),
-        lr=1e-2,
-        betas=(0.9, 0.99),
-        eps=1e-8,
-        weight_decay=0.0,
-    )
-    run_optimizer(optimizer, [p for _, p in unsharded], range(8))
+    run_optimizer(one_group_optimizer(unsharded, config, taus), [p for _, p in unsharded], range(8))
     sharded = sharded_run(make_params(), taus, config, world_size, steps=8)
     for name, param in unsharded:
         torch.testing.assert_close(sharded[name], param, rtol=0, atol=1e-6)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
+from transformers.utils import logging
 
 from sfmed_lf.merging.layout import Segment, zero3_layouts, zero12_layouts
 from sfmed_lf.merging.optimizer import OnlineMergingAdamW
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from sfmed_lf.hparams import SFMedFinetuningArguments
 
 MERGE_REPORT_NAME = "sfmed_online_merging.json"
+logger = logging.get_logger(__name__)
 
 
 class SFMedDPOTrainer(CustomDPOTrainer):
@@ -38,6 +40,11 @@ class SFMedDPOTrainer(CustomDPOTrainer):
                 "not implemented yet."
             )
         self.merge_config = finetuning_args.online_merging_config(default_seed=self.args.seed)
+        if not str(self.args.optim).startswith("adamw_torch"):
+            logger.warning(
+                f"optim={self.args.optim} is replaced by sfmed online merging ({self.merge_config.method.value}), "
+                "which is AdamW with merged updates; adam_beta1/2, adam_epsilon and weight_decay apply."
+            )
         sft_model = finetuning_args.sfmed_merge_sft_model or self.model.config._name_or_path
         self._task_vector_source = TaskVectorSource(sft_model, finetuning_args.sfmed_merge_base_model)
         self._task_vector_source.check_compatible(
