@@ -31,10 +31,14 @@ def test_api_serves_the_tiny_model_with_the_sfmed_template(pipeline, tmp_path):
         [
             str(VENV_BIN / "llamafactory-cli"),
             "api",
-            f"model_name_or_path={pipeline['sft']}",
-            "template=sfmed",
-            "infer_backend=huggingface",
-            "max_new_tokens=16",
+            "--model_name_or_path",
+            str(pipeline["sft"]),
+            "--template",
+            "sfmed",
+            "--infer_backend",
+            "huggingface",
+            "--max_new_tokens",
+            "16",
         ],
         env={
             **os.environ,
@@ -80,9 +84,12 @@ def test_chat_cli_answers_with_the_sfmed_template(pipeline):
         [
             str(VENV_BIN / "llamafactory-cli"),
             "chat",
-            f"model_name_or_path={pipeline['sft']}",
-            "template=sfmed",
-            "max_new_tokens=8",
+            "--model_name_or_path",
+            str(pipeline["sft"]),
+            "--template",
+            "sfmed",
+            "--max_new_tokens",
+            "8",
         ],
         input="我发烧了\nexit\n",
         capture_output=True,
@@ -99,10 +106,14 @@ def test_export_writes_the_sfmed_chat_template(pipeline, tmp_path):
         [
             "llamafactory-cli",
             "export",
-            f"model_name_or_path={pipeline['sft']}",
-            "template=sfmed",
-            f"export_dir={tmp_path}",
-            "export_size=1",
+            "--model_name_or_path",
+            str(pipeline["sft"]),
+            "--template",
+            "sfmed",
+            "--export_dir",
+            str(tmp_path),
+            "--export_size",
+            "1",
         ]
     )
     config = read_json(tmp_path / "tokenizer_config.json")
