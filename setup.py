@@ -73,7 +73,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "selenium>=4.30"]},
     entry_points={
         "console_scripts": ["sfmed=sfmed_lf.cli:main"],
         # Discovered by LLaMA-Factory once patches/0001-plugin-entry-points.patch is merged upstream.

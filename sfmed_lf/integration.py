@@ -41,6 +41,10 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
     LFSymbol("llamafactory.hparams.parser", "_TRAIN_MCA_ARGS", "item replaced, as _TRAIN_ARGS"),
     LFSymbol("llamafactory.hparams.parser", "_INFER_ARGS", "item replaced, as _TRAIN_ARGS"),
     LFSymbol("llamafactory.hparams.parser", "_EVAL_ARGS", "item replaced, as _TRAIN_ARGS"),
+    LFSymbol("llamafactory.extras.constants", "register_model_group", "called: SF-Med model entries"),
+    LFSymbol("llamafactory.extras.constants", "DownloadSource", "read: key of the model paths"),
+    LFSymbol("llamafactory.webui.common", "DEFAULT_DATA_DIR", "replaced by '.' when started from this project's root"),
+    LFSymbol("llamafactory.webui.common", "load_dataset_info", "wrapped: a broken dataset_info.json is shown"),
     LFSymbol(
         "llamafactory.train.dpo.trainer",
         "CustomDPOTrainer",
@@ -77,7 +81,21 @@ def _patch_dpo_trainer(module: ModuleType) -> str:
     return "CustomDPOTrainer -> SFMedDPOTrainer"
 
 
+def _patch_model_entries(module: ModuleType) -> str:
+    from sfmed_lf.board import register_models
+
+    return register_models(module)
+
+
+def _patch_board(module: ModuleType) -> str:
+    from sfmed_lf.board import patch_board_common
+
+    return patch_board_common(module)
+
+
 MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
+    "llamafactory.extras.constants": _patch_model_entries,
+    "llamafactory.webui.common": _patch_board,
     "llamafactory.data.template": _patch_templates,
     "llamafactory.hparams.parser": _patch_parser,
     "llamafactory.train.dpo.trainer": _patch_dpo_trainer,

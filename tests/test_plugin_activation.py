@@ -77,7 +77,7 @@ def test_activation_is_idempotent():
               sorted(integration.APPLIED))
     """)
     assert result.stdout.strip().split("\n")[-1] == (
-        "1 1 ['llamafactory.data.template', 'llamafactory.hparams.parser']"
+        "1 1 ['llamafactory.data.template', 'llamafactory.extras.constants', 'llamafactory.hparams.parser']"
     )
 
 

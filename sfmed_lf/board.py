@@ -1,0 +1,77 @@
+"""LLaMA-Board additions: SF-Med model entries, the project's dataset_info.json, visible dataset errors.
+
+- Model entries (``SF-Med-Tiny-Chat`` = the embedded tiny model at ``models/sfmed-tiny``, ``SF-Med-7B-Chat`` = the
+  recipe's DPO output) whose default template is ``sfmed``; paths are relative to where the Board is started.
+- Started from a directory that holds ``dataset_info.json`` but no ``data/dataset_info.json`` (this project's
+  layout), the Board's dataset directory defaults to ``.`` instead of ``data``.
+- A dataset_info.json that exists but cannot be read shows a warning in the page naming the file and the error,
+  instead of silently leaving the dataset dropdown empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sfmed_lf.templates import SINGLE_TURN_TEMPLATE
+
+SFMED_MODELS = {
+    "SF-Med-Tiny-Chat": "models/sfmed-tiny",
+    "SF-Med-7B-Chat": "saves/sfmed-7b/dpo",
+}
+DATASET_INFO = "dataset_info.json"
+
+
+def register_models(constants: ModuleType) -> str:
+    constants.register_model_group(
+        models={name: {constants.DownloadSource.DEFAULT: path} for name, path in SFMED_MODELS.items()},
+        template=SINGLE_TURN_TEMPLATE,
+    )
+    return f"model entries {', '.join(SFMED_MODELS)} (template {SINGLE_TURN_TEMPLATE})"
+
+
+def project_dataset_dir(default: str, cwd: Path | None = None) -> str:
+    cwd = cwd or Path.cwd()
+    if (cwd / DATASET_INFO).is_file() and not (cwd / default / DATASET_INFO).is_file():
+        return "."
+    return default
+
+
+def broken_dataset_info_message(dataset_dir: str) -> str | None:
+    """Why ``dataset_dir``'s dataset_info.json cannot be used, or None when it is fine or simply absent."""
+    path = os.path.join(dataset_dir, DATASET_INFO)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{path} cannot be read: {error}"
+    if not isinstance(content, dict):
+        return f"{path} must hold a JSON object of dataset name -> definition, not {type(content).__name__}."
+    return None
+
+
+def with_visible_errors(load_dataset_info: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+    def load_or_warn(dataset_dir: str) -> dict[str, Any]:
+        message = broken_dataset_info_message(dataset_dir)
+        if message is not None:
+            import gradio as gr
+
+            gr.Warning(message, duration=None)
+            return {}
+        return load_dataset_info(dataset_dir)
+
+    load_or_warn.sfmed_lf_wrapped = True
+    return load_or_warn
+
+
+def patch_board_common(common: ModuleType) -> str:
+    common.DEFAULT_DATA_DIR = project_dataset_dir(common.DEFAULT_DATA_DIR)
+    if not getattr(common.load_dataset_info, "sfmed_lf_wrapped", False):
+        common.load_dataset_info = with_visible_errors(common.load_dataset_info)
+    return f"dataset dir default {common.DEFAULT_DATA_DIR!r}; broken dataset_info.json shown as a warning"
