@@ -15,6 +15,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the real CLIs run in: offline, this venv's tools first on PATH."""
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(extra or {}),
+    }
+
+
 def run(
     args: list[str],
     *,
@@ -23,14 +35,7 @@ def run(
     timeout: float = 600,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
-    full_env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        **(env or {}),
-    }
+    full_env = cli_env(env)
     if args[0] in {"llamafactory-cli", "sfmed", "python", "pip"}:
         args = [str(VENV_BIN / args[0]), *args[1:]]
     result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -4,15 +4,15 @@ and `export`, all with `template: sfmed` on the tiny model."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import VENV_BIN, read_json, run
+from tests.helpers import VENV_BIN, cli_env, read_json, run
 
 pytestmark = pytest.mark.slow
 
@@ -24,29 +24,25 @@ def http_json(url: str, payload: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+def inference_command(command: str, model: Path, *flags: str) -> list[str]:
+    """`llamafactory-cli api|chat` on ``model`` with the SF-Med template (without a YAML, LF parses --flags)."""
+    return [
+        str(VENV_BIN / "llamafactory-cli"),
+        command,
+        "--model_name_or_path",
+        str(model),
+        "--template",
+        "sfmed",
+        *flags,
+    ]
+
+
 def test_api_serves_the_tiny_model_with_the_sfmed_template(pipeline, tmp_path):
     port = free_port()
     log = (tmp_path / "api.log").open("w")
     server = subprocess.Popen(
-        [
-            str(VENV_BIN / "llamafactory-cli"),
-            "api",
-            "--model_name_or_path",
-            str(pipeline["sft"]),
-            "--template",
-            "sfmed",
-            "--infer_backend",
-            "huggingface",
-            "--max_new_tokens",
-            "16",
-        ],
-        env={
-            **os.environ,
-            "API_HOST": "127.0.0.1",
-            "API_PORT": port,
-            "HF_HUB_OFFLINE": "1",
-            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-        },
+        inference_command("api", pipeline["sft"], "--infer_backend", "huggingface", "--max_new_tokens", "16"),
+        env=cli_env({"API_HOST": "127.0.0.1", "API_PORT": port}),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -81,21 +77,12 @@ def test_api_serves_the_tiny_model_with_the_sfmed_template(pipeline, tmp_path):
 
 def test_chat_cli_answers_with_the_sfmed_template(pipeline):
     result = subprocess.run(
-        [
-            str(VENV_BIN / "llamafactory-cli"),
-            "chat",
-            "--model_name_or_path",
-            str(pipeline["sft"]),
-            "--template",
-            "sfmed",
-            "--max_new_tokens",
-            "8",
-        ],
+        inference_command("chat", pipeline["sft"], "--max_new_tokens", "8"),
         input="我发烧了\nexit\n",
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=cli_env(),
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "User:" in result.stdout and "Assistant:" in result.stdout
