@@ -3,6 +3,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$root/scripts/setup.sh" | tail -n 1)
+bash "$root/scripts/install_browser.sh" || echo "[test] WARNING: no headless Chromium; the LLaMA-Board browser tests will be skipped" >&2
 export PATH="$venv/bin:$PATH"
 cd "$root"
 ruff check .

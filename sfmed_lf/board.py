@@ -4,12 +4,14 @@
   recipe's DPO output) whose default template is ``sfmed``; paths are relative to where the Board is started.
 - Started from a directory that holds ``dataset_info.json`` but no ``data/dataset_info.json`` (this project's
   layout), the Board's dataset directory defaults to ``.`` instead of ``data``.
-- A dataset_info.json that exists but cannot be read shows a warning in the page naming the file and the error,
-  instead of silently leaving the dataset dropdown empty.
+- A dataset_info.json that exists but cannot be read shows its path and the error under the Dataset dropdown
+  (the dropdown's info line), instead of an unexplained empty list. Not a toast: the Board lists datasets on a
+  non-queued event (``dataset.focus(..., queue=False)``), where Gradio prints ``gr.Warning`` to the console only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -56,22 +58,28 @@ def broken_dataset_info_message(dataset_dir: str) -> str | None:
     return None
 
 
-def with_visible_errors(load_dataset_info: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
-    def load_or_warn(dataset_dir: str) -> dict[str, Any]:
-        message = broken_dataset_info_message(dataset_dir)
-        if message is not None:
-            import gradio as gr
+def with_visible_errors(list_datasets: Callable[..., Any], default_dir: str) -> Callable[..., Any]:
+    """Wraps the Board's ``list_datasets(dataset_dir, [training_stage])`` event handler."""
 
-            gr.Warning(message, duration=None)
-            return {}
-        return load_dataset_info(dataset_dir)
+    @functools.wraps(list_datasets)  # Gradio reads the wrapped signature to match the event's inputs
+    def list_or_explain(dataset_dir: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        message = broken_dataset_info_message(dataset_dir if dataset_dir is not None else default_dir)
+        if message is None:
+            return list_datasets(dataset_dir, *args, **kwargs)
+        import gradio as gr
 
-    load_or_warn.sfmed_lf_wrapped = True
-    return load_or_warn
+        return gr.Dropdown(choices=[], value=[], info=f"⚠ {message}")
+
+    list_or_explain.sfmed_lf_wrapped = True
+    return list_or_explain
 
 
 def patch_board_common(common: ModuleType) -> str:
     common.DEFAULT_DATA_DIR = project_dataset_dir(common.DEFAULT_DATA_DIR)
-    if not getattr(common.load_dataset_info, "sfmed_lf_wrapped", False):
-        common.load_dataset_info = with_visible_errors(common.load_dataset_info)
-    return f"dataset dir default {common.DEFAULT_DATA_DIR!r}; broken dataset_info.json shown as a warning"
+    return f"dataset dir default {common.DEFAULT_DATA_DIR!r}"
+
+
+def patch_board_control(control: ModuleType) -> str:
+    if not getattr(control.list_datasets, "sfmed_lf_wrapped", False):
+        control.list_datasets = with_visible_errors(control.list_datasets, control.DEFAULT_DATA_DIR)
+    return "a broken dataset_info.json is explained under the Dataset dropdown"

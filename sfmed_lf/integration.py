@@ -44,7 +44,12 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
     LFSymbol("llamafactory.extras.constants", "register_model_group", "called: SF-Med model entries"),
     LFSymbol("llamafactory.extras.constants", "DownloadSource", "read: key of the model paths"),
     LFSymbol("llamafactory.webui.common", "DEFAULT_DATA_DIR", "replaced by '.' when started from this project's root"),
-    LFSymbol("llamafactory.webui.common", "load_dataset_info", "wrapped: a broken dataset_info.json is shown"),
+    LFSymbol("llamafactory.webui.control", "DEFAULT_DATA_DIR", "read: where list_datasets looks by default"),
+    LFSymbol(
+        "llamafactory.webui.control",
+        "list_datasets",
+        "wrapped (components import it after control loads): a broken dataset_info.json is explained",
+    ),
     LFSymbol(
         "llamafactory.train.dpo.trainer",
         "CustomDPOTrainer",
@@ -87,15 +92,22 @@ def _patch_model_entries(module: ModuleType) -> str:
     return register_models(module)
 
 
-def _patch_board(module: ModuleType) -> str:
+def _patch_board_common(module: ModuleType) -> str:
     from sfmed_lf.board import patch_board_common
 
     return patch_board_common(module)
 
 
+def _patch_board_control(module: ModuleType) -> str:
+    from sfmed_lf.board import patch_board_control
+
+    return patch_board_control(module)
+
+
 MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
     "llamafactory.extras.constants": _patch_model_entries,
-    "llamafactory.webui.common": _patch_board,
+    "llamafactory.webui.common": _patch_board_common,
+    "llamafactory.webui.control": _patch_board_control,
     "llamafactory.data.template": _patch_templates,
     "llamafactory.hparams.parser": _patch_parser,
     "llamafactory.train.dpo.trainer": _patch_dpo_trainer,
