@@ -63,7 +63,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["sfmed_lf", "sfmed_lf.*"]),
-    package_data={"sfmed_lf": ["resources/*"]},
+    package_data={"sfmed_lf": ["resources/*", "eval/metrics/*/*.py"]},
     install_requires=[
         "llamafactory==0.9.5",
         "deepspeed>=0.16",
@@ -72,8 +72,21 @@ setup(
         "tokenizers>=0.20",
         "pyyaml>=6",
         "tqdm>=4.66",
+        "httpx>=0.27",
+        "jieba>=0.42",
+        "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "selenium>=4.30"]},
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "selenium>=4.30",
+            "rouge-chinese>=1.0.3",
+            "evaluate>=0.4",
+        ],
+        "metrics": ["evaluate>=0.4"],
+    },
     entry_points={
         "console_scripts": ["sfmed=sfmed_lf.cli:main"],
         # Discovered by LLaMA-Factory once patches/0001-plugin-entry-points.patch is merged upstream.

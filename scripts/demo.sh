@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets everything up, then runs the SF-Med demo pipeline on the embedded tiny model:
-#   tiny model -> continued pre-training -> SFT -> DPO with online merging (OnDARE, then OnTIES).
-# Outputs: models/sfmed-tiny and saves/tiny/{pt,sft,dpo,dpo_onties}, each with LLaMA-Factory's loss plots.
+#   tiny model -> continued pre-training -> SFT -> DPO with online merging (OnDARE, then OnTIES)
+#   -> evaluation of the DPO model against the SFT model on the bundled items.
+# Outputs: models/sfmed-tiny, saves/tiny/{pt,sft,dpo,dpo_onties} (each with LLaMA-Factory's loss plots) and
+# saves/tiny/eval (report.md, report.json, report.png).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$root/scripts/setup.sh" | tail -n 1)
@@ -14,6 +16,8 @@ llamafactory-cli train examples/yaml/tiny/pt.yaml
 llamafactory-cli train examples/yaml/tiny/sft.yaml
 llamafactory-cli train examples/yaml/tiny/dpo.yaml
 llamafactory-cli train examples/yaml/tiny/dpo.yaml sfmed_merge_method=onties output_dir=saves/tiny/dpo_onties
+rm -rf saves/tiny/eval  # answers are resumable; a fresh demo compares the freshly trained models
+sfmed eval all examples/yaml/tiny/eval.yaml
 
 echo
 echo "Demo finished. Trained models and loss plots:"
@@ -21,3 +25,4 @@ for stage in pt sft dpo dpo_onties; do
   echo "  saves/tiny/$stage: $(cd "saves/tiny/$stage" && ls ./*.png model.safetensors | tr '\n' ' ')"
 done
 echo "  online merging reports: saves/tiny/dpo/sfmed_online_merging.json saves/tiny/dpo_onties/sfmed_online_merging.json"
+echo "  evaluation (DPO vs SFT): saves/tiny/eval/report.md report.json report.png"

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sfmed_lf.config_files import ConfigError, load_config
+from sfmed_lf.errors import DataError, EndpointError
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
@@ -22,6 +23,44 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_doctor()
 
 
+EVAL_STEPS = ("generate", "rouge", "judge", "mcq", "report")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sfmed_lf.eval import steps
+    from sfmed_lf.eval.config import EvalConfig
+    from sfmed_lf.eval.report import build_report
+
+    config = load_config(EvalConfig, args.config, args.overrides)
+    runners = {
+        "generate": steps.GenerateStep().run,
+        "rouge": steps.RougeStep().run,
+        "judge": steps.JudgeStep().run,
+        "mcq": steps.McqStep().run,
+        "report": build_report,
+    }
+    for step in EVAL_STEPS if args.step == "all" else (args.step,):
+        if step == "judge" and args.step == "all" and not config.judge_endpoint:
+            print("sfmed eval all: judge skipped (no judge_endpoint)", file=sys.stderr)
+            continue
+        written = runners[step](config)
+        for path in written if isinstance(written, list) else [written]:
+            print(f"sfmed eval {step}: wrote {path}")
+    return 0
+
+
+def _eval_convert(args: argparse.Namespace) -> int:
+    import json
+
+    from sfmed_lf.eval.items import convert
+    from sfmed_lf.utils.io import atomic_write_text
+
+    items = convert(args.format, args.input, args.dataset)
+    atomic_write_text(args.output, "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
+    print(f"sfmed eval convert: {len(items)} {args.format} items -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfmed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("config", nargs="?", help="YAML with output_dir and model sizes (all optional)")
     tiny.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
     tiny.set_defaults(run=_tiny_model)
+
+    evaluation = commands.add_parser("eval", help="compare two models: Rouge-L, judge scores, multiple choice")
+    eval_steps = evaluation.add_subparsers(dest="step", required=True)
+    convert = eval_steps.add_parser("convert", help="a benchmark's published file -> evaluation items (JSONL)")
+    convert.add_argument("format", help="huatuo26m, cmtmedqa, webmedqa, alpaca, cmexam, cmb, ceval")
+    convert.add_argument("input")
+    convert.add_argument("output")
+    convert.add_argument("--dataset", help="name in the report (default: the input file's stem)")
+    convert.set_defaults(run=_eval_convert)
+    for step in (*EVAL_STEPS, "all"):
+        parser_step = eval_steps.add_parser(step, help="every step in order" if step == "all" else f"the {step} step")
+        parser_step.add_argument("config", help="LF-style YAML (sfmed_lf.eval.config.EvalConfig)")
+        parser_step.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
+        parser_step.set_defaults(run=_eval)
     return parser
 
 
@@ -45,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.config = [args.config, *args.overrides], None
     try:
         return args.run(args)
-    except ConfigError as error:
+    except (ConfigError, DataError, EndpointError) as error:
         print(f"sfmed {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -3,62 +3,22 @@ and `export`, all with `template: sfmed` on the tiny model."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.helpers import VENV_BIN, cli_env, read_json, run
+from tests.helpers import cli_env, read_json, run
+from tests.servers import http_json, inference_command, llamafactory_api
 
 pytestmark = pytest.mark.slow
 
 
-def http_json(url: str, payload: dict | None = None) -> dict:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def inference_command(command: str, model: Path, *flags: str) -> list[str]:
-    """`llamafactory-cli api|chat` on ``model`` with the SF-Med template (without a YAML, LF parses --flags)."""
-    return [
-        str(VENV_BIN / "llamafactory-cli"),
-        command,
-        "--model_name_or_path",
-        str(model),
-        "--template",
-        "sfmed",
-        *flags,
-    ]
-
-
 def test_api_serves_the_tiny_model_with_the_sfmed_template(pipeline, tmp_path):
-    port = free_port()
-    log = (tmp_path / "api.log").open("w")
-    server = subprocess.Popen(
-        inference_command("api", pipeline["sft"], "--infer_backend", "huggingface", "--max_new_tokens", "16"),
-        env=cli_env({"API_HOST": "127.0.0.1", "API_PORT": port}),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                models = http_json(f"http://127.0.0.1:{port}/v1/models")
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "api.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "the API server did not come up in 120 s"
-                time.sleep(1)
+    with llamafactory_api(pipeline["sft"], tmp_path / "api.log", "--max_new_tokens", "16") as base_url:
+        models = http_json(f"{base_url}/models")
         assert models["object"] == "list" and models["data"]
         reply = http_json(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
+            f"{base_url}/chat/completions",
             {
                 "model": models["data"][0]["id"],
                 "messages": [{"role": "user", "content": "我头疼，怎么办？"}],
@@ -70,9 +30,6 @@ def test_api_serves_the_tiny_model_with_the_sfmed_template(pipeline, tmp_path):
         assert reply["choices"][0]["message"]["role"] == "assistant"
         assert isinstance(reply["choices"][0]["message"]["content"], str)
         assert reply["usage"]["prompt_tokens"] > 40, "the SF-Med default system prompt must be part of the prompt"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_chat_cli_answers_with_the_sfmed_template(pipeline):

@@ -1,0 +1,136 @@
+"""Multiple-choice prompts and option extraction from free-form answers (SF-Med §4.5, Table 7).
+
+Extraction rules, tried in this order; the first that yields letters decides, and nothing is ever guessed:
+
+1. **Normalise**: full-width letters and punctuation (Ａ, （, ：) to ASCII; letters are upper-cased only where they
+   stand as option letters.
+2. **Stated answer**: the *last* explicit statement wins, because models often reason first and conclude last.
+   Chinese: 答案是/答案为/答案：/正确答案是/正确选项为/故选/所以选/因此选/应选/选择/我选/选; English: "answer is",
+   "answer:", "correct option is", "I choose", "option X is correct". A statement preceded by a negation
+   (不选, 不是, 并非, 排除, not) does not count, and letters explicitly negated anywhere (不选A, 排除B, A不正确,
+   "not C") are removed from the result.
+3. **Bare letters**: the whole answer is only option letters and separators ("B", "(C)", "A、C", "AC.").
+4. **Leading letter**: the answer starts with an option letter followed by punctuation or the option's text
+   ("B。因为……", "C 胃溃疡").
+5. **Quoted option text**: exactly one option's full text occurs in the answer (single-answer questions only;
+   options contained in another option's text are not used).
+
+An answer none of these rules decodes is *unextracted*: it counts as wrong and is listed in the report. For a
+single-answer question, more than one extracted letter is wrong (not a guess among them).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+SINGLE_ANSWER_PROMPT = "以下是一道单项选择题，请选出唯一正确的答案，并以“答案：X”的格式给出。\n\n{question}\n{options}"
+MULTI_ANSWER_PROMPT = "以下是一道多项选择题，请选出所有正确的答案，并以“答案：XY”的格式给出。\n\n{question}\n{options}"
+
+_SEPARATORS = r"[ \t、,，和与及/&+或]*"  # no newline: a letter on the next line starts new text
+_NEGATION = r"(?:不|不是|并非|非|排除|别|勿|not|n't|isn't)"
+_STATEMENT = re.compile(
+    r"(?P<neg>" + _NEGATION + r"\s*)?"
+    r"(?:正确答案|最佳答案|参考答案|答案|正确选项|最佳选项|故选|所以选|因此选|因而选|应选|应该选|我选|选择|选|"
+    r"the\s+(?:correct\s+|best\s+|final\s+)?answer\s+(?:is|should\s+be|would\s+be)|answer\s*(?:is)?\s*:|"
+    r"correct\s+(?:option|choice)\s+is|i\s+(?:would\s+)?(?:choose|pick|select))"
+    r"\s*(?:应该|应|是|为|选|:|：|\s)*\s*[\(\[（【]?\s*"
+    r"(?P<letters>(?-i:[A-Z](?:" + _SEPARATORS + r"[A-Z])*))(?![A-Za-z])",
+    re.IGNORECASE,
+)
+_OPTION_IS_CORRECT = re.compile(
+    r"(?:选项|option)\s*(?P<letters>(?-i:[A-Z]))\s*(?:is\s+correct|正确|是正确的)", re.IGNORECASE
+)
+_NEGATED_LETTER = re.compile(
+    r"(?:不选|不是|并非|排除|not)\s*(?:选项|option)?\s*(?P<a>(?-i:[A-Z]))(?![A-Za-z])"
+    r"|(?:选项|option)?\s*(?<![A-Za-z])(?P<b>(?-i:[A-Z]))\s*(?:项)?\s*(?:不正确|错误|是错误的|不对|is\s+(?:wrong|incorrect))",
+    re.IGNORECASE,
+)
+_BARE = re.compile(r"^[\s\(\[（【]*(?P<letters>[A-Z](?:" + _SEPARATORS + r"[A-Z])*)[\s\)\]）】。.!！]*$")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    letters: str | None  # sorted option letters, or None when no rule decodes the answer
+    rule: str  # which rule decided, or "unextracted"
+
+
+def normalize(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+def _letters(raw: str, valid: str) -> str:
+    found = {letter for letter in raw.upper() if letter in valid}
+    return "".join(sorted(found))
+
+
+def _negated(text: str, valid: str) -> set[str]:
+    negated = set()
+    for match in _NEGATED_LETTER.finditer(text):
+        letter = (match.group("a") or match.group("b") or "").upper()
+        if letter in valid:
+            negated.add(letter)
+    return negated
+
+
+def extract_choice(answer: str, options: dict[str, str]) -> Extraction:
+    """Option letters the free-form ``answer`` commits to; see the module docstring for the rules."""
+    text = normalize(answer).strip()
+    valid = "".join(sorted(options))
+    negated = _negated(text, valid)
+
+    statements = [m for m in _STATEMENT.finditer(text) if not m.group("neg")]
+    statements += list(_OPTION_IS_CORRECT.finditer(text))
+    if statements:
+        last = max(statements, key=lambda m: m.start("letters"))
+        letters = "".join(sorted(set(_letters(last.group("letters"), valid)) - negated))
+        if letters:
+            return Extraction(letters, "stated answer")
+    bare = _BARE.match(text)
+    if bare and _letters(bare.group("letters"), valid):
+        return Extraction(_letters(bare.group("letters"), valid), "bare letters")
+    leading = _leading_letter(text, options)
+    if leading and leading not in negated:
+        return Extraction(leading, "leading letter")
+    quoted = _quoted_option(text, options)
+    if quoted:
+        return Extraction(quoted, "quoted option text")
+    return Extraction(None, "unextracted")
+
+
+def _leading_letter(text: str, options: dict[str, str]) -> str | None:
+    """ "B。因为……", "(C) 胃溃疡", "D 在胃内停留时间": a letter then punctuation or that option's own text."""
+    match = re.match(r"^[\(\[（【]?(?P<letter>[A-Z])(?P<rest>.*)", text, re.DOTALL)
+    if not match or match.group("letter") not in options:
+        return None
+    rest = match.group("rest")
+    option_text = normalize(options[match.group("letter")]).strip()
+    if not rest or rest[0] in ")]）】.。:：、,，" or (option_text and rest.lstrip().startswith(option_text)):
+        return match.group("letter")
+    return None
+
+
+def _quoted_option(text: str, options: dict[str, str]) -> str | None:
+    texts = {letter: normalize(option).strip() for letter, option in options.items() if option.strip()}
+    distinct = {
+        letter: option
+        for letter, option in texts.items()
+        if not any(option in other for other_letter, other in texts.items() if other_letter != letter)
+    }
+    present = [letter for letter, option in distinct.items() if option in text]
+    return present[0] if len(present) == 1 else None
+
+
+def format_prompt(question: str, options: dict[str, str], multi_answer: bool) -> str:
+    lines = "\n".join(f"{letter}. {text}" for letter, text in sorted(options.items()))
+    template = MULTI_ANSWER_PROMPT if multi_answer else SINGLE_ANSWER_PROMPT
+    return template.format(question=question.strip(), options=lines)
+
+
+def is_correct(extraction: Extraction, gold: str, multi_answer: bool) -> bool:
+    if extraction.letters is None:
+        return False
+    if not multi_answer and len(extraction.letters) != 1:
+        return False
+    return extraction.letters == "".join(sorted(gold))

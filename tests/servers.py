@@ -1,0 +1,113 @@
+"""Servers the tests talk to over real HTTP on localhost: `llamafactory-cli api` serving a model, and a small
+OpenAI-compatible server of our own whose replies a test decides (deterministic judges, failures, delays)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.conftest import free_port
+from tests.helpers import VENV_BIN, cli_env
+
+
+def http_json(url: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def inference_command(command: str, model: Path, *flags: str) -> list[str]:
+    """`llamafactory-cli api|chat` on ``model`` with the SF-Med template (without a YAML, LF parses --flags)."""
+    return [
+        str(VENV_BIN / "llamafactory-cli"),
+        command,
+        "--model_name_or_path",
+        str(model),
+        "--template",
+        "sfmed",
+        *flags,
+    ]
+
+
+@contextlib.contextmanager
+def llamafactory_api(model: Path, log_path: Path, *flags: str) -> Iterator[str]:
+    """`llamafactory-cli api` on a free port; yields its base URL (…/v1) once /v1/models answers."""
+    port = free_port()
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            inference_command("api", model, "--infer_backend", "huggingface", *flags),
+            env=cli_env({"API_HOST": "127.0.0.1", "API_PORT": port}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                http_json(f"{base_url}/models")
+                break
+            except OSError:
+                assert server.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, "the API server did not come up in 120 s"
+                time.sleep(1)
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+Reply = Callable[[dict], tuple[int, str]]  # request payload -> (HTTP status, assistant text or error body)
+
+
+class ScriptedChatServer:
+    """OpenAI-compatible /v1/chat/completions whose answer to each request is ``reply(payload)``."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.requests: list[dict] = []
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    outer.requests.append(payload)
+                status, text = reply(payload)
+                body = (
+                    {
+                        "object": "chat.completion",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                    }
+                    if status == 200
+                    else {"error": text}
+                )
+                data = json.dumps(body, ensure_ascii=False).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
