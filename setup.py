@@ -75,6 +75,7 @@ setup(
         "httpx>=0.27",
         "jieba>=0.42",
         "matplotlib>=3.7",
+        "faiss-cpu>=1.8",  # the privacy guard's vector index (GPU hosts may install faiss-gpu instead)
     ],
     extras_require={
         "test": [

@@ -61,6 +61,27 @@ def _eval_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _privacy(args: argparse.Namespace) -> int:
+    from sfmed_lf.privacy.config import AuditConfig, DatabaseConfig
+
+    if args.step == "audit":
+        from sfmed_lf.privacy.audit import run_audit
+
+        written = run_audit(load_config(AuditConfig, args.config, args.overrides))
+    else:
+        from sfmed_lf.privacy.database import build_database
+
+        written = build_database(load_config(DatabaseConfig, args.config, args.overrides))
+    for path in written:
+        print(f"sfmed privacy {args.step}: wrote {path}")
+    return 0
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("config", help=help_text)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfmed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,9 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=_eval_convert)
     for step in (*EVAL_STEPS, "all"):
         parser_step = eval_steps.add_parser(step, help="every step in order" if step == "all" else f"the {step} step")
-        parser_step.add_argument("config", help="LF-style YAML (sfmed_lf.eval.config.EvalConfig)")
-        parser_step.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
+        _add_config_arguments(parser_step, "LF-style YAML (sfmed_lf.eval.config.EvalConfig)")
         parser_step.set_defaults(run=_eval)
+
+    privacy = commands.add_parser("privacy", help="memorization audit and the high-risk database of the guard")
+    privacy_steps = privacy.add_subparsers(dest="step", required=True)
+    audit = privacy_steps.add_parser("audit", help="greedy continuation of training records; Rouge-L vs the label")
+    _add_config_arguments(audit, "LF-style YAML (sfmed_lf.privacy.config.AuditConfig)")
+    database = privacy_steps.add_parser("build-db", help="embeddings of the memorized records, with secure answers")
+    _add_config_arguments(database, "LF-style YAML (sfmed_lf.privacy.config.DatabaseConfig)")
+    for step_parser in (audit, database):
+        step_parser.set_defaults(run=_privacy)
     return parser
 
 

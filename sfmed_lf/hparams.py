@@ -78,16 +78,32 @@ class OnlineMergingArguments:
         )
 
 
+@dataclass
+class PrivacyGuardArguments:
+    """Inference-time privacy guard (sfmed_lf/privacy/guard.py) for `llamafactory-cli chat|api|webchat`."""
+
+    sfmed_privacy_db: str | None = field(
+        default=None,
+        metadata={"help": "High-risk embedding database (`sfmed privacy build-db`); enables the privacy guard."},
+    )
+    sfmed_privacy_threshold: float = field(
+        default=0.8,
+        metadata={"help": "Cosine similarity at or above which the secure counterpart is served."},
+    )
+
+
 _CONFLICTING_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
 
 
 @dataclass
-class SFMedFinetuningArguments(FinetuningArguments, OnlineMergingArguments):
+class SFMedFinetuningArguments(FinetuningArguments, OnlineMergingArguments, PrivacyGuardArguments):
     """LLaMA-Factory's FinetuningArguments plus the SF-Med options."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_online_merging()
+        if not -1 <= self.sfmed_privacy_threshold <= 1:
+            raise ValueError("sfmed_privacy_threshold is a cosine similarity: it must lie in [-1, 1].")
 
     def _validate_online_merging(self) -> None:
         def fail(problem: str) -> None:

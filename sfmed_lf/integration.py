@@ -51,6 +51,13 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
         "wrapped (components import it after control loads): a broken dataset_info.json is explained",
     ),
     LFSymbol(
+        "llamafactory.hparams.parser", "get_infer_args", "wrapped: the privacy guard needs the huggingface backend"
+    ),
+    LFSymbol("llamafactory.chat.hf_engine", "HuggingfaceEngine", "__init__/chat/stream_chat wrapped: privacy guard"),
+    LFSymbol("llamafactory.chat.base_engine", "Response", "built: the guard's secure answer"),
+    LFSymbol("llamafactory.data.template", "get_template_and_fix_tokenizer", "called: audit prefixes as in training"),
+    LFSymbol("llamafactory.hparams", "DataArguments", "built: the audit's template choice"),
+    LFSymbol(
         "llamafactory.train.dpo.trainer",
         "CustomDPOTrainer",
         "subclassed and replaced (workflow imports it at call time): online-merging optimizer",
@@ -76,7 +83,11 @@ def _patch_parser(module: ModuleType) -> str:
             if cls is FinetuningArguments:
                 arg_classes[index] = SFMedFinetuningArguments
                 replaced.append(list_name)
-    return f"SFMedFinetuningArguments in {', '.join(replaced) or 'no list (already patched)'}"
+    from sfmed_lf.privacy.lf_engine import require_huggingface_backend
+
+    if not getattr(module.get_infer_args, "sfmed_lf_wrapped", False):
+        module.get_infer_args = require_huggingface_backend(module.get_infer_args)
+    return f"SFMedFinetuningArguments in {', '.join(replaced) or 'no list (already patched)'}; get_infer_args checked"
 
 
 def _patch_dpo_trainer(module: ModuleType) -> str:
@@ -104,6 +115,12 @@ def _patch_board_control(module: ModuleType) -> str:
     return patch_board_control(module)
 
 
+def _patch_chat_engine(module: ModuleType) -> str:
+    from sfmed_lf.privacy.lf_engine import guard_engine
+
+    return guard_engine(module.HuggingfaceEngine)
+
+
 MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
     "llamafactory.extras.constants": _patch_model_entries,
     "llamafactory.webui.common": _patch_board_common,
@@ -111,6 +128,7 @@ MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
     "llamafactory.data.template": _patch_templates,
     "llamafactory.hparams.parser": _patch_parser,
     "llamafactory.train.dpo.trainer": _patch_dpo_trainer,
+    "llamafactory.chat.hf_engine": _patch_chat_engine,
 }
 
 # module name -> what its patch did, in this process

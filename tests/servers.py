@@ -39,14 +39,18 @@ def inference_command(command: str, model: Path, *flags: str) -> list[str]:
 
 @contextlib.contextmanager
 def llamafactory_api(model: Path, log_path: Path, *flags: str) -> Iterator[str]:
-    """`llamafactory-cli api` on a free port; yields its base URL (…/v1) once /v1/models answers."""
+    """`llamafactory-cli api` on ``model`` with the sfmed template; yields the base URL (…/v1) once it answers."""
+    with serve_api(inference_command("api", model, "--infer_backend", "huggingface", *flags), log_path) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def serve_api(argv: list[str], log_path: Path) -> Iterator[str]:
+    """Any `llamafactory-cli api ...` command line on a free port; yields the base URL once /v1/models answers."""
     port = free_port()
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            inference_command("api", model, "--infer_backend", "huggingface", *flags),
-            env=cli_env({"API_HOST": "127.0.0.1", "API_PORT": port}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            argv, env=cli_env({"API_HOST": "127.0.0.1", "API_PORT": port}), stdout=log, stderr=subprocess.STDOUT
         )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -168,7 +168,7 @@ def test_generation_killed_midway_resumes_without_losing_or_doubling(tmp_path):
     assert sorted(ids) == sorted(item["id"] for item in ITEMS), "nothing lost, nothing doubled"
     assert len(server.requests) <= len(ITEMS) + 1, "only the request in flight at the kill is asked again"
     result = run([*command, "max_new_tokens=64"], check=False)
-    assert result.returncode == 2 and "holds answers of another model or setting (changed: max_new_tokens)" in (
+    assert result.returncode == 2 and "holds results of another model or setting (changed: max_new_tokens)" in (
         result.stderr
     ), "answers produced under other settings are never mixed into a resumed run"
 

@@ -3,20 +3,17 @@ endpoint (concurrent requests). Output ``answers/<a|b>.jsonl``, one line per ite
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from sfmed_lf.errors import DataError
 from sfmed_lf.eval.config import EvalConfig, ModelSource
 from sfmed_lf.eval.mcq import format_prompt
 from sfmed_lf.serving.chat_client import ChatEndpoint, map_concurrently
 from sfmed_lf.templates import MULTI_TURN_INSTRUCTION, SINGLE_TURN_INSTRUCTION
-from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
+from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
 
 
 def item_messages(item: dict[str, Any], system: str | None) -> list[dict[str, str]]:
@@ -68,36 +65,17 @@ class LocalGenerator:
 
 def answer_provenance(config: EvalConfig, source: ModelSource) -> dict[str, Any]:
     """What the answers depend on; a resumed run must match it, so answers of two models are never mixed."""
-    provenance: dict[str, Any] = {
+    return {
         "endpoint": source.endpoint,
         "served_model": source.served_model if source.endpoint else None,
+        "model": model_fingerprint(source.path) if source.path else None,
         "system": config.system,
         "max_new_tokens": config.max_new_tokens,
     }
-    if source.path:
-        weights = sorted(Path(source.path).glob("*.safetensors")) + sorted(Path(source.path).glob("*.bin"))
-        provenance["path"] = str(Path(source.path).resolve())
-        provenance["weights"] = {w.name: [w.stat().st_size, w.stat().st_mtime_ns] for w in weights}
-    return provenance
-
-
-def check_provenance(config: EvalConfig, source: ModelSource) -> None:
-    path = config.answers_path(source.label).with_suffix(".provenance.json")
-    current = answer_provenance(config, source)
-    if path.exists():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        if recorded != current:
-            changed = sorted(key for key in current.keys() | recorded.keys() if current.get(key) != recorded.get(key))
-            raise DataError(
-                f"{config.answers_path(source.label)} holds answers of another model or setting (changed: "
-                f"{', '.join(changed)}); use a new output_dir or delete the answers to regenerate them."
-            )
-    else:
-        atomic_write_text(path, json.dumps(current, indent=2) + "\n")
 
 
 def generate_answers(config: EvalConfig, source: ModelSource, items: list[dict[str, Any]]) -> ResumableJsonl:
-    check_provenance(config, source)
+    check_provenance(config.answers_path(source.label), answer_provenance(config, source))
     output = ResumableJsonl(config.answers_path(source.label))
     todo = [item for item in items if item["id"] not in output]
     if not todo:

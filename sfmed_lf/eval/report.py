@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from sfmed_lf.errors import DataError
 from sfmed_lf.eval.config import EvalConfig
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.plotting import png_bytes, pyplot
 
 RESULT_FILES = ("rouge", "judge", "mcq")
 
@@ -90,11 +90,7 @@ def build_report(config: EvalConfig) -> list[Path]:
 
 
 def _chart(numbers: dict[str, Any], names: tuple[str, str]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [key for key in ("rouge", "judge", "mcq") if key in numbers]
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for axis, key in zip(axes[0], panels, strict=True):
@@ -119,8 +115,4 @@ def _chart(numbers: dict[str, Any], names: tuple[str, str]) -> bytes:
         axis.set_xlim(0, 1)
         axis.set_title(f"{'Rouge-L' if key == 'rouge' else 'judge'}: {names[0]} vs {names[1]}", fontsize=9)
         axis.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)

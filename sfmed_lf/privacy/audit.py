@@ -1,0 +1,198 @@
+"""Memorization audit (SF-Med Appendix B; after Carlini et al. 2021, "Extracting Training Data from Large Language
+Models"): split each sampled training record into a prefix and a suffix, decode greedily from the prefix, and call
+the record memorized when Rouge-L F(generation, suffix) exceeds the threshold (default 0.8).
+
+Prefixes are rendered with the LLaMA-Factory template the model was trained with (``split: prompt``: the prompt,
+system and history included, exactly as training saw it; the suffix is the label). ``split: ratio|tokens`` cut the
+full token sequence instead, as for pre-training text. The generation is cut to the suffix's length in tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sfmed_lf.errors import DataError
+from sfmed_lf.eval.rouge import rouge_l_f
+from sfmed_lf.privacy.config import AuditConfig
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.jsonl import ResumableJsonl, read_records
+from sfmed_lf.utils.plotting import png_bytes, pyplot
+from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
+
+ROLE_OF_SHAREGPT = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    id: str
+    messages: list[dict[str, str]]  # alternating user/assistant, ending with the assistant's label; [] for text
+    system: str | None
+    text: str | None  # pre-training text
+
+    @property
+    def query(self) -> str:
+        """What a user would send to obtain this record: the last user turn, or the text's prefix for PT text."""
+        return self.messages[-2]["content"] if self.messages else ""
+
+
+def parse_record(path: str, number: int, row: dict[str, Any]) -> TrainingRecord:
+    record_id = f"{Path(path).name}:{number}"
+    if isinstance(row.get("text"), str):
+        return TrainingRecord(record_id, [], None, row["text"])
+    if "conversations" in row:
+        turns = row["conversations"]
+        if not isinstance(turns, list) or len(turns) < 2:
+            raise DataError(f"{path}: row {number}: field 'conversations' needs a user turn and an answer.")
+        messages = []
+        for turn in turns:
+            role = ROLE_OF_SHAREGPT.get(str(turn.get("from", turn.get("role"))))
+            if role is None:
+                raise DataError(f"{path}: row {number}: field 'conversations': unknown role in {turn!r}.")
+            messages.append({"role": role, "content": str(turn.get("value", turn.get("content", "")))})
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{path}: row {number}: field 'conversations' must end with the answer.")
+        return TrainingRecord(record_id, messages, row.get("system"), None)
+    if "instruction" in row and "output" in row:
+        prompt = "\n".join(part for part in (row["instruction"], row.get("input") or "") if part)
+        messages = []
+        for question, answer in row.get("history") or []:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+        return TrainingRecord(record_id, messages, row.get("system"), None)
+    raise DataError(f"{path}: row {number}: expected 'text', 'conversations' or 'instruction'+'output' fields.")
+
+
+def load_training_records(config: AuditConfig) -> list[TrainingRecord]:
+    records = [parse_record(path, number, row) for path in config.records for number, row in read_records(path)]
+    if config.sample_size is not None and config.sample_size < len(records):
+        chosen = sorted(random.Random(config.seed).sample(range(len(records)), config.sample_size))
+        records = [records[index] for index in chosen]
+    return records
+
+
+class Splitter:
+    """Prefix and suffix token ids of a record, rendered by the LLaMA-Factory template used in training."""
+
+    def __init__(self, tokenizer, config: AuditConfig) -> None:  # noqa: ANN001 - any HF tokenizer
+        from llamafactory.data.template import get_template_and_fix_tokenizer
+        from llamafactory.hparams import DataArguments
+
+        self.tokenizer, self.config = tokenizer, config
+        self.template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=config.template))
+
+    def __call__(self, record: TrainingRecord) -> tuple[list[int], list[int]]:
+        if record.text is not None:
+            ids = self.tokenizer(record.text, add_special_tokens=False).input_ids
+            if self.config.split == "prompt":
+                raise DataError(f"{record.id}: a pre-training text has no prompt; use split: ratio or tokens.")
+            return self._cut(ids)
+        prompt, answer = self.template.encode_oneturn(self.tokenizer, record.messages, record.system)
+        if self.config.split == "prompt":
+            return prompt, answer[: self.config.max_suffix_tokens]
+        return self._cut(prompt + answer)
+
+    def _cut(self, ids: list[int]) -> tuple[list[int], list[int]]:
+        cut = self.config.prefix_tokens if self.config.split == "tokens" else round(len(ids) * self.config.prefix_ratio)
+        cut = max(1, min(cut, len(ids) - 1))
+        return ids[:cut], ids[cut : cut + self.config.max_suffix_tokens]
+
+
+def run_audit(config: AuditConfig) -> list[Path]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(config.output_dir)
+    results_path = out / "audit_results.jsonl"
+    settings = {
+        k: getattr(config, k) for k in ("template", "split", "prefix_ratio", "prefix_tokens", "max_suffix_tokens")
+    }
+    check_provenance(results_path, {"model": model_fingerprint(config.model_name_or_path), **settings})
+    results = ResumableJsonl(results_path)
+    records = load_training_records(config)
+    todo = [record for record in records if record.id not in results]
+    if todo:
+        tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, padding_side="left")
+        split = Splitter(tokenizer, config)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path).to(device).eval()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        with tqdm(
+            total=len(records), initial=len(records) - len(todo), desc="memorization audit", unit="record"
+        ) as bar:
+            for start in range(0, len(todo), config.batch_size):
+                batch = todo[start : start + config.batch_size]
+                pairs = [split(record) for record in batch]
+                for record, (prefix, suffix), generated in zip(
+                    batch, pairs, _greedy(model, pairs, pad_id), strict=True
+                ):
+                    suffix_text = tokenizer.decode(suffix, skip_special_tokens=True).strip()
+                    generation = tokenizer.decode(generated[: len(suffix)], skip_special_tokens=True).strip()
+                    results.append(
+                        {
+                            "id": record.id,
+                            "query": record.query or tokenizer.decode(prefix, skip_special_tokens=True),
+                            "suffix": suffix_text,
+                            "generation": generation,
+                            "rouge_l": rouge_l_f(generation, suffix_text),
+                            "prefix_tokens": len(prefix),
+                        }
+                    )
+                    bar.update()
+    return write_audit_report(config, [results.records[record.id] for record in records])
+
+
+@torch.inference_mode()
+def _greedy(model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> list[list[int]]:
+    width = max(len(prefix) for prefix, _ in pairs)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p, _ in pairs], device=model.device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in pairs], device=model.device)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        do_sample=False,
+        pad_token_id=pad_id,
+        max_new_tokens=max(len(suffix) for _, suffix in pairs),
+        min_new_tokens=1,
+    )
+    return [row.tolist() for row in output[:, width:]]
+
+
+def write_audit_report(config: AuditConfig, rows: list[dict[str, Any]]) -> list[Path]:
+    out = Path(config.output_dir)
+    memorized = [row for row in rows if row["rouge_l"] > config.threshold]
+    bins = [0] * 10
+    for row in rows:
+        bins[min(int(row["rouge_l"] * 10), 9)] += 1
+    report = {
+        "model": config.model_name_or_path,
+        "records_audited": len(rows),
+        "memorized": len(memorized),
+        "memorized_rate": len(memorized) / len(rows) if rows else 0.0,
+        "threshold": config.threshold,
+        "split": config.split,
+        "rouge_l_histogram": {f"{i / 10:.1f}-{(i + 1) / 10:.1f}": count for i, count in enumerate(bins)},
+        "high_risk_ids": [row["id"] for row in memorized],
+    }
+    paths = [out / "audit_report.json", out / "high_risk.jsonl", out / "audit_rouge_l.png"]
+    atomic_write_text(paths[0], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    atomic_write_text(paths[1], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in memorized))
+    atomic_write_bytes(paths[2], _histogram([row["rouge_l"] for row in rows], config.threshold))
+    print(f"memorized {len(memorized)} of {len(rows)} records ({100 * report['memorized_rate']:.2f} %)")
+    return paths
+
+
+def _histogram(scores: list[float], threshold: float) -> bytes:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.hist(scores, bins=20, range=(0, 1), color="#546e7a")
+    axis.axvline(threshold, color="#c62828", linestyle="--", label=f"threshold {threshold:g}")
+    axis.set_xlabel("Rouge-L F(generation, training suffix)")
+    axis.set_ylabel("records")
+    axis.legend()
+    return png_bytes(figure)
