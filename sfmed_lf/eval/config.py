@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sfmed_lf.serving.chat_client import ChatEndpoint
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -67,6 +69,12 @@ class EvalConfig:
             path=getattr(self, f"model_{label}_path"),
             endpoint=getattr(self, f"model_{label}_endpoint"),
             served_model=getattr(self, f"model_{label}_served_name") or name,
+        )
+
+    def endpoint(self, base_url: str, model: str) -> ChatEndpoint:
+        """A client for ``base_url`` with this config's key, timeout and retries."""
+        return ChatEndpoint(
+            base_url, model, api_key=self.api_key, timeout_s=self.request_timeout_s, max_retries=self.max_retries
         )
 
     def answers_path(self, label: str) -> Path:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from sfmed_lf.eval.config import EvalConfig, ModelSource
 from sfmed_lf.eval.mcq import format_prompt
-from sfmed_lf.serving.chat_client import ChatEndpoint, map_concurrently
+from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.templates import MULTI_TURN_INSTRUCTION, SINGLE_TURN_INSTRUCTION
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
@@ -82,13 +82,7 @@ def generate_answers(config: EvalConfig, source: ModelSource, items: list[dict[s
         return output
     progress = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"answers of {source.name}", unit="item")
     if source.endpoint:
-        endpoint = ChatEndpoint(
-            source.endpoint,
-            source.served_model,
-            api_key=config.api_key,
-            timeout_s=config.request_timeout_s,
-            max_retries=config.max_retries,
-        )
+        endpoint = config.endpoint(source.endpoint, source.served_model)
 
         def answer(item: dict[str, Any]) -> str:
             messages = item_messages(item, config.system)

@@ -19,7 +19,7 @@ from sfmed_lf.eval.judge import judge_messages, parse_score
 from sfmed_lf.eval.mcq import extract_choice, is_correct
 from sfmed_lf.eval.outcomes import count_outcomes, outcome
 from sfmed_lf.eval.rouge import rouge_l_f
-from sfmed_lf.serving.chat_client import ChatEndpoint, map_concurrently
+from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
 
@@ -129,13 +129,7 @@ class JudgeStep:
         items = [item for item in all_items(config) if item["kind"] == "dialogue"]
         responses = {label: answers(config, label, items) for label in ("a", "b")}
         cache = ResumableJsonl(Path(config.output_dir) / "judge" / "judgments.jsonl", key="key")
-        endpoint = ChatEndpoint(
-            config.judge_endpoint,
-            config.judge_model,
-            api_key=config.api_key,
-            timeout_s=config.request_timeout_s,
-            max_retries=config.max_retries,
-        )
+        endpoint = config.endpoint(config.judge_endpoint, config.judge_model)
         requests = []
         for item in items:
             for label in ("a", "b"):
