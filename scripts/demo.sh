@@ -12,6 +12,7 @@ export PATH="$venv/bin:$PATH"
 cd "$root"
 
 sfmed doctor
+sfmed data dedup examples/yaml/tiny/dedup.yaml  # near-duplicates of the bundled SFT data, report only
 sfmed tiny-model examples/yaml/tiny/tiny_model.yaml
 llamafactory-cli train examples/yaml/tiny/pt.yaml
 llamafactory-cli train examples/yaml/tiny/sft.yaml
@@ -29,6 +30,7 @@ for stage in pt sft dpo dpo_onties; do
   echo "  saves/tiny/$stage: $(cd "saves/tiny/$stage" && ls ./*.png model.safetensors | tr '\n' ' ')"
 done
 echo "  online merging reports: saves/tiny/dpo/sfmed_online_merging.json saves/tiny/dpo_onties/sfmed_online_merging.json"
+echo "  near-duplicate report: saves/tiny/data/dedup/dedup_report.json removed.jsonl"
 echo "  evaluation (DPO vs SFT): saves/tiny/eval/report.md report.json report.png"
 echo "  memorization audit: saves/tiny/privacy/audit_report.json audit_rouge_l.png high_risk.jsonl;"
 echo "    guarded serving: llamafactory-cli chat examples/yaml/tiny/infer_guarded.yaml"

@@ -77,6 +77,15 @@ def _privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from sfmed_lf.data_prep.config import DedupConfig
+    from sfmed_lf.data_prep.dedup import DedupStep
+
+    for path in DedupStep(load_config(DedupConfig, args.config, args.overrides)).run():
+        print(f"sfmed data {args.step}: wrote {path}")
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("config", help=help_text)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
@@ -115,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(database, "LF-style YAML (sfmed_lf.privacy.config.DatabaseConfig)")
     for step_parser in (audit, database):
         step_parser.set_defaults(run=_privacy)
+
+    data = commands.add_parser("data", help="SFT and pre-training data preparation")
+    data_steps = data.add_subparsers(dest="step", required=True)
+    dedup = data_steps.add_parser("dedup", help="MinHash-LSH near-duplicate removal, per dataset then across all")
+    _add_config_arguments(dedup, "LF-style YAML (sfmed_lf.data_prep.config.DedupConfig)")
+    dedup.set_defaults(run=_data)
     return parser
 
 

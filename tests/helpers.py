@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# slices of public datasets beside the checkout (SOURCES.md there); tests that read them skip when it is absent
+REALDATA = Path(os.environ.get("SFMED_REALDATA", REPO_ROOT.parent / "shared" / "realdata"))
 VENV_BIN = Path(sys.executable).parent
 
 

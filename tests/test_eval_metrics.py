@@ -18,10 +18,9 @@ from sfmed_lf.eval.mcq import extract_choice, format_prompt, is_correct
 from sfmed_lf.eval.outcomes import count_outcomes, outcome
 from sfmed_lf.eval.rouge import lcs_length, rouge_l_f, tokenize
 from sfmed_lf.utils.jsonl import ResumableJsonl
-from tests.helpers import REPO_ROOT
+from tests.helpers import REALDATA, REPO_ROOT
 
-REALDATA = REPO_ROOT.parent / "shared" / "realdata"
-needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is absent")
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"{REALDATA} is absent")
 HANDWRITTEN_PAIRS = [
     ("建议多喝水，注意休息，必要时服用退烧药。", "多喝水、注意休息，体温超过38.5度可服用退烧药。"),
     ("您好，这种情况可能是胃炎。", "考虑慢性胃炎，建议做胃镜检查。"),

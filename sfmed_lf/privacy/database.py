@@ -9,7 +9,6 @@ count). Each is written atomically, ``meta.json`` last.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from sfmed_lf.errors import DataError
 from sfmed_lf.privacy.config import DatabaseConfig
 from sfmed_lf.privacy.embeddings import centred_unit_rows, pooled_states, resolve_layer
-from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text
 from sfmed_lf.utils.jsonl import iter_jsonl
 from sfmed_lf.utils.provenance import model_fingerprint
 
@@ -76,10 +75,8 @@ def build_database(config: DatabaseConfig) -> list[Path]:
         "dimension": dimension,
         "count": len(entries),
     }
-    center_file = io.BytesIO()
-    np.save(center_file, center)
     atomic_write_bytes(out / "index.faiss", faiss.serialize_index(index).tobytes())
-    atomic_write_bytes(out / "center.npy", center_file.getvalue())
+    atomic_write_npy(out / "center.npy", center)
     atomic_write_text(out / "entries.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
     atomic_write_text(out / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
     print(f"high-risk database: {len(entries)} entries, layer {layer}, {config.pooling} pooling -> {out}")

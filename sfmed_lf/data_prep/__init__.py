@@ -1,0 +1,1 @@
+"""SFT and pre-training data preparation (SF-Med §3.1-3.2)."""
