@@ -78,11 +78,52 @@ def _privacy(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from sfmed_lf.data_prep.config import DedupConfig
-    from sfmed_lf.data_prep.dedup import DedupStep
+    from sfmed_lf.data_prep import config as data_config
 
-    for path in DedupStep(load_config(DedupConfig, args.config, args.overrides)).run():
+    if args.step == "dedup":
+        from sfmed_lf.data_prep.dedup import DedupStep
+
+        written = DedupStep(load_config(data_config.DedupConfig, args.config, args.overrides)).run()
+    else:
+        from sfmed_lf.data_prep.mix import run_mix
+
+        written = run_mix(load_config(data_config.MixConfig, args.config, args.overrides))
+    for path in written:
         print(f"sfmed data {args.step}: wrote {path}")
+    return 0
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    from sfmed_lf.data_prep.convert import convert_corpus, report_path
+
+    report = convert_corpus(args.name, args.input, args.output, args.stage, args.form, args.skip_invalid)
+    print(
+        f"sfmed data convert: {report['written']} of {report['rows_read']} rows -> {args.output} ({report['form']}); "
+        f"{report['skipped_invalid']} invalid skipped, {sum(report['excluded_by_dataset'].values())} excluded by "
+        f"the dataset; report {report_path(args.output)}"
+    )
+    return 0
+
+
+def _data_registry(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from sfmed_lf.data_prep.registry import CORPORA, merged_dataset_info
+    from sfmed_lf.utils.io import atomic_write_text
+
+    for corpus in CORPORA:
+        entries = ", ".join(corpus.entry_name(stage) for stage in corpus.stages)
+        print(f"{corpus.title:32} {corpus.source:48} {corpus.raw_format:16} {entries}")
+    path = Path(args.dataset_info)
+    current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    merged = merged_dataset_info(current)
+    if args.write:
+        atomic_write_text(path, json.dumps(merged, ensure_ascii=False, indent=2) + "\n")
+        print(f"sfmed data registry: wrote {len(merged)} entries to {path}")
+    elif merged != current:
+        print(f"sfmed data registry: {path} differs from the registry; run with --write", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -130,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     dedup = data_steps.add_parser("dedup", help="MinHash-LSH near-duplicate removal, per dataset then across all")
     _add_config_arguments(dedup, "LF-style YAML (sfmed_lf.data_prep.config.DedupConfig)")
     dedup.set_defaults(run=_data)
+    mix = data_steps.add_parser("mix", help="token counts and LF interleave_probs for the medical:general CPT mix")
+    _add_config_arguments(mix, "LF-style YAML (sfmed_lf.data_prep.config.MixConfig)")
+    mix.set_defaults(run=_data)
+    convert_data = data_steps.add_parser("convert", help="a corpus of Tables 1-2 from its raw schema to an LF file")
+    convert_data.add_argument("name", help="registered corpus (sfmed data registry lists them) or raw format name")
+    convert_data.add_argument("input", help="the published file (a directory for cmedqa2 and plain-text corpora)")
+    convert_data.add_argument("output", help="LLaMA-Factory .jsonl to write")
+    convert_data.add_argument("--stage", choices=("pt", "sft"), help="for corpora registered for both stages")
+    convert_data.add_argument("--form", choices=("pt", "alpaca", "sharegpt"), help="override the output form")
+    convert_data.add_argument("--skip-invalid", action="store_true", help="count bad rows in the report, go on")
+    convert_data.set_defaults(run=_data_convert)
+    registry = data_steps.add_parser("registry", help="list the corpora; check or --write dataset_info.json")
+    registry.add_argument("--dataset-info", default="dataset_info.json")
+    registry.add_argument("--write", action="store_true", help="set the registry entries in the file")
+    registry.set_defaults(run=_data_registry)
     return parser
 
 

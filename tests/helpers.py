@@ -65,3 +65,36 @@ def save_weights(model_dir: Path, weights: dict[str, torch.Tensor]) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def lf_load_dataset(model_dir: Path, dataset_info: dict, name: str, stage: str, work_dir: Path, **options):
+    """Load dataset ``name`` of ``dataset_info`` through LLaMA-Factory's own loader and preprocessing, in process:
+    (tokenized train dataset, tokenizer)."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    dataset_dir = work_dir / f"dataset_dir_{name}"
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    (dataset_dir / "dataset_info.json").write_text(json.dumps(dataset_info, ensure_ascii=False))
+    model_args, data_args, training_args, _, _ = get_train_args(
+        {
+            "model_name_or_path": str(model_dir),
+            "stage": stage,
+            "do_train": True,
+            "finetuning_type": "full",
+            "dataset": name,
+            "dataset_dir": str(dataset_dir),
+            "template": "sfmed",
+            "cutoff_len": 1024,
+            "output_dir": str(work_dir / "unused_output"),
+            "overwrite_cache": True,
+            "preprocessing_num_workers": 1,
+            "report_to": "none",
+            **options,
+        }
+    )
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    module = get_dataset(template, model_args, data_args, training_args, stage, **tokenizer_module)
+    return module["train_dataset"], tokenizer_module["tokenizer"]

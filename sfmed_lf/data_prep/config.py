@@ -30,3 +30,40 @@ class DedupConfig:
         for name in ("ngram", "num_perm", "num_proc", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1.")
+
+
+MIX_STRATEGIES = ("interleave_under", "interleave_over")
+
+
+@dataclass
+class MixConfig:
+    """Continued pre-training mix (SF-Med §3.1): medical and general corpora at a token ratio, through
+    LLaMA-Factory's ``mix_strategy`` / ``interleave_probs``."""
+
+    medical: list[str]  # dataset_info.json names of pre-training (text) datasets
+    general: list[str]
+    output_dir: str
+    tokenizer: str  # the model whose tokenizer counts the tokens (the CPT base model)
+    dataset_dir: str = "."
+    medical_share: float = 1.3  # medical : general tokens; SF-Med used about 1.3B : 1.4B
+    general_share: float = 1.4
+    mix_strategy: str = "interleave_under"  # under: stop when a source runs out; over: until all have been seen
+    train_yaml: str | None = None  # an LF pt YAML to complete with dataset, mix_strategy and interleave_probs
+    num_proc: int = 1
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("medical", "general"):
+            value = getattr(self, name)
+            setattr(self, name, [value] if isinstance(value, str) else list(value))
+            if not getattr(self, name):
+                raise ValueError(f"{name}: name at least one pre-training dataset.")
+        overlap = set(self.medical) & set(self.general)
+        if overlap:
+            raise ValueError(f"datasets named as both medical and general: {sorted(overlap)}.")
+        if self.medical_share <= 0 or self.general_share <= 0:
+            raise ValueError("medical_share and general_share must be positive.")
+        if self.mix_strategy not in MIX_STRATEGIES:
+            raise ValueError(f"mix_strategy must be one of {', '.join(MIX_STRATEGIES)} (concat ignores the ratio).")
+        if self.num_proc < 1 or self.batch_size < 1:
+            raise ValueError("num_proc and batch_size must be >= 1.")

@@ -22,7 +22,6 @@ the file, the row and the field.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -30,25 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from sfmed_lf.errors import DataError
+from sfmed_lf.utils.fields import Row, optional_text, read_rows, required, required_text
 from sfmed_lf.utils.jsonl import read_records
-
-Row = tuple[int, dict[str, Any]]
-
-
-def _field(path: str, number: int, row: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if name in row and row[name] is not None:
-            return row[name]
-    raise DataError(f"{path}: row {number}: missing field {' or '.join(repr(n) for n in names)}.")
-
-
-def _text(path: str, number: int, row: dict[str, Any], *names: str) -> str:
-    value = _field(path, number, row, *names)
-    if isinstance(value, list):  # Huatuo-26M as Zhongjing ships it: one-element lists
-        value = value[0] if value else ""
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{path}: row {number}: field {names[0]!r} must be non-empty text.")
-    return value.strip()
 
 
 def _dialogue(dataset: str, item_id: str, question: str, reference: str, history: list) -> dict[str, Any]:
@@ -74,11 +56,11 @@ def _history(path: str, number: int, row: dict[str, Any]) -> list[list[str]]:
 def convert_instruction_rows(path: str, rows: list[Row], dataset: str) -> Iterator[dict[str, Any]]:
     """huatuo26m, cmtmedqa and alpaca: the question is instruction (+ input), the reference is output."""
     for number, row in rows:
-        question = _text(path, number, row, "instruction")
+        question = required_text(path, number, row, "instruction")
         extra = row.get("input")
         if isinstance(extra, str) and extra.strip():
             question = f"{question}\n{extra.strip()}"
-        reference = _text(path, number, row, "output")
+        reference = required_text(path, number, row, "output")
         item_id = str(row.get("id") or f"{dataset}-{number}")
         yield _dialogue(dataset, item_id, question, reference, _history(path, number, row))
 
@@ -99,7 +81,7 @@ def convert_webmedqa(path: str, dataset: str) -> Iterator[dict[str, Any]]:
 _OPTION_LINE = re.compile(r"^\s*([A-Z])[\s.、:：)）]+(.*)$")
 
 
-def _options_from_text(path: str, number: int, text: str) -> dict[str, str]:
+def options_from_text(path: str, number: int, text: str) -> dict[str, str]:
     options = {}
     for line in text.replace("\\n", "\n").splitlines():
         if not line.strip():
@@ -139,39 +121,36 @@ def _mcq(
     }
 
 
-def convert_cmexam(path: str, rows: list[Row], dataset: str) -> Iterator[dict[str, Any]]:
-    for number, row in rows:
-        options = _options_from_text(path, number, _text(path, number, row, "Options"))
-        yield _mcq(
-            path,
-            number,
-            dataset,
-            str(row.get("id") or f"{dataset}-{number}"),
-            _text(path, number, row, "Question"),
-            options,
-            _text(path, number, row, "Answer"),
-            None,
-            str(row.get("Explanation") or "").strip(),
-        )
+def cmexam_item(path: str, number: int, row: dict[str, Any], dataset: str) -> dict[str, Any]:
+    return _mcq(
+        path,
+        number,
+        dataset,
+        str(row.get("id") or f"{dataset}-{number}"),
+        required_text(path, number, row, "Question"),
+        options_from_text(path, number, required_text(path, number, row, "Options")),
+        required_text(path, number, row, "Answer"),
+        None,
+        optional_text(row, "Explanation"),
+    )
 
 
-def convert_cmb(path: str, rows: list[Row], dataset: str) -> Iterator[dict[str, Any]]:
-    for number, row in rows:
-        options = _field(path, number, row, "option")
-        if not isinstance(options, dict):
-            raise DataError(f"{path}: row {number}: field 'option' must map letters to text.")
-        options = {k.strip(): str(v).strip() for k, v in options.items() if str(v).strip()}
-        multi = str(row.get("question_type", "")).startswith("多项")
-        yield _mcq(
-            path,
-            number,
-            dataset,
-            f"{dataset}-{row.get('id', number)}",
-            _text(path, number, row, "question"),
-            options,
-            _text(path, number, row, "answer"),
-            multi,
-        )
+def cmb_item(path: str, number: int, row: dict[str, Any], dataset: str) -> dict[str, Any]:
+    options = required(path, number, row, "option")
+    if not isinstance(options, dict):
+        raise DataError(f"{path}: row {number}: field 'option' must map letters to text.")
+    options = {k.strip(): str(v).strip() for k, v in options.items() if str(v).strip()}
+    return _mcq(
+        path,
+        number,
+        dataset,
+        f"{dataset}-{row.get('id', number)}",
+        required_text(path, number, row, "question"),
+        options,
+        required_text(path, number, row, "answer"),
+        str(row.get("question_type", "")).startswith("多项"),
+        optional_text(row, "explanation"),
+    )
 
 
 def convert_ceval(path: str, rows: list[Row], dataset: str) -> Iterator[dict[str, Any]]:
@@ -182,29 +161,22 @@ def convert_ceval(path: str, rows: list[Row], dataset: str) -> Iterator[dict[str
             number,
             dataset,
             f"{dataset}-{row.get('id') or number}",
-            _text(path, number, row, "question", "Question"),
+            required_text(path, number, row, "question", "Question"),
             options,
-            _text(path, number, row, "answer", "Answer"),
+            required_text(path, number, row, "answer", "Answer"),
             None,
-            str(row.get("explanation") or "").strip(),
+            optional_text(row, "explanation"),
         )
 
 
-def _rows(path: str) -> list[Row]:
-    if path.endswith(".csv"):
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            return list(enumerate(csv.DictReader(handle), start=1))
-    return read_records(path)
-
-
 CONVERTERS: dict[str, Callable[[str, str], Iterator[dict[str, Any]]]] = {
-    "huatuo26m": lambda path, name: convert_instruction_rows(path, _rows(path), name),
-    "cmtmedqa": lambda path, name: convert_instruction_rows(path, _rows(path), name),
-    "alpaca": lambda path, name: convert_instruction_rows(path, _rows(path), name),
+    "huatuo26m": lambda path, name: convert_instruction_rows(path, read_rows(path), name),
+    "cmtmedqa": lambda path, name: convert_instruction_rows(path, read_rows(path), name),
+    "alpaca": lambda path, name: convert_instruction_rows(path, read_rows(path), name),
     "webmedqa": convert_webmedqa,
-    "cmexam": lambda path, name: convert_cmexam(path, _rows(path), name),
-    "cmb": lambda path, name: convert_cmb(path, _rows(path), name),
-    "ceval": lambda path, name: convert_ceval(path, _rows(path), name),
+    "cmexam": lambda path, name: (cmexam_item(path, n, row, name) for n, row in read_rows(path)),
+    "cmb": lambda path, name: (cmb_item(path, n, row, name) for n, row in read_rows(path)),
+    "ceval": lambda path, name: convert_ceval(path, read_rows(path), name),
 }
 
 
@@ -226,11 +198,11 @@ def load_items(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     items = []
     for number, row in read_records(path):
         for name in ("id", "dataset", "kind", "question"):
-            _field(os.fspath(path), number, row, name)
+            required(os.fspath(path), number, row, name)
         if row["kind"] not in ("dialogue", "mcq"):
             raise DataError(f"{path}: row {number}: field 'kind' must be 'dialogue' or 'mcq', not {row['kind']!r}.")
-        _field(os.fspath(path), number, row, *(("reference",) if row["kind"] == "dialogue" else ("options",)))
+        required(os.fspath(path), number, row, *(("reference",) if row["kind"] == "dialogue" else ("options",)))
         if row["kind"] == "mcq":
-            _field(os.fspath(path), number, row, "answer")
+            required(os.fspath(path), number, row, "answer")
         items.append(row)
     return items

@@ -32,11 +32,13 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
 
 
 def read_records(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
-    """Records of a .jsonl file, or of a .json file holding a list of objects (row numbers start at 1)."""
+    """Records of a .jsonl file, or of a .json file holding a list of objects or JSON lines (rows from 1)."""
     if str(path).endswith(".json"):
         try:
             content = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
+            if error.msg == "Extra data":  # JSON lines saved as .json, as many corpora ship them
+                return list(iter_jsonl(path))
             raise DataError(f"{path}: not valid JSON ({error}).") from error
         if not isinstance(content, list) or not all(isinstance(row, dict) for row in content):
             raise DataError(f"{path}: expected a JSON list of objects.")

@@ -1,0 +1,167 @@
+"""``sfmed data mix``: token counts of the continued pre-training corpora and the LLaMA-Factory interleaving that
+gives the medical : general token ratio of SF-Med §3.1 (about 1.3B : 1.4B).
+
+LF's ``interleave_*`` strategies draw each next record from source i with probability p_i, so the expected token
+share of source i is p_i m_i / sum_j p_j m_j, with m_i its mean tokens per record. Keeping each group's sources in
+their natural proportion (by tokens T_i, group total T_g) at group share r_g gives
+
+    p_i ∝ r_g · T_i / (T_g · m_i) = r_g · n_i / T_g        (n_i: records of source i).
+
+With ``interleave_under`` the run stops when the first source runs out, after D = min_i n_i / p_i draws; with
+``interleave_over`` it goes on until every source has been seen once, D = max_i n_i / p_i, repeating the others.
+The report gives each source's expected tokens and passes (D p_i / n_i) under the chosen strategy.
+Tokens are counted with the model's tokenizer as LF's pre-training preprocessing sees them: text + EOS.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sfmed_lf.data_prep.config import MixConfig
+from sfmed_lf.errors import DataError
+from sfmed_lf.utils.io import atomic_write_text
+
+DATASET_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def dataset_files(dataset_dir: str, name: str) -> tuple[str, list[str], str]:
+    """(loader type, files, text column) of a local pre-training entry of ``dataset_dir``/dataset_info.json."""
+    info_path = Path(dataset_dir) / "dataset_info.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{info_path}: cannot read ({error}).") from error
+    if name not in info:
+        raise DataError(f"{info_path}: no dataset {name!r}.")
+    entry = info[name]
+    if "file_name" not in entry:
+        raise DataError(f"{info_path}: {name}: only local files are counted; download it and register file_name.")
+    if entry.get("formatting", "alpaca") != "alpaca":
+        raise DataError(f"{info_path}: {name}: a pre-training dataset is alpaca-formatted with a text column.")
+    root = Path(dataset_dir) / entry["file_name"]
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else [str(root)]
+    if not files or not Path(files[0]).exists():
+        raise DataError(f"{info_path}: {name}: {root} does not exist (convert the corpus first).")
+    kinds = {DATASET_TYPES.get(Path(f).suffix) for f in files}
+    if len(kinds) != 1 or None in kinds:
+        raise DataError(f"{info_path}: {name}: files must share one of {', '.join(DATASET_TYPES)}; got {files[:3]}.")
+    return kinds.pop(), files, entry.get("columns", {}).get("prompt", "instruction")
+
+
+def count_tokens(config: MixConfig, name: str, tokenizer: Any) -> dict[str, Any]:
+    from datasets import load_dataset
+
+    kind, files, column = dataset_files(config.dataset_dir, name)
+    dataset = load_dataset(kind, data_files=files, split="train")
+    if column not in dataset.column_names:
+        raise DataError(f"{name}: no column {column!r} in {files[0]} (columns: {dataset.column_names}).")
+    eos = tokenizer.eos_token or ""
+
+    def measure(batch: dict[str, list]) -> dict[str, list]:
+        texts = [str(text or "") for text in batch[column]]
+        tokens = tokenizer([text + eos for text in texts], add_special_tokens=False)["input_ids"]
+        return {"tokens": [len(ids) for ids in tokens], "characters": [len(text) for text in texts]}
+
+    counted = dataset.map(
+        measure,
+        batched=True,
+        batch_size=config.batch_size,
+        num_proc=config.num_proc if config.num_proc > 1 else None,
+        remove_columns=dataset.column_names,
+        desc=f"count tokens {name}",
+    )
+    records = len(counted)
+    if not records:
+        raise DataError(f"{name}: {files[0]} holds no records.")
+    tokens = int(sum(counted["tokens"]))
+    return {"records": records, "characters": int(sum(counted["characters"])), "tokens": tokens}
+
+
+def interleave_plan(sources: list[dict[str, Any]], shares: dict[str, float], strategy: str) -> None:
+    """Fill each source's probability, expected tokens and passes (see the module docstring)."""
+    total_share = sum(shares.values())
+    group_tokens = {group: sum(s["tokens"] for s in sources if s["group"] == group) for group in shares}
+    weights = [shares[s["group"]] / total_share * s["records"] / group_tokens[s["group"]] for s in sources]
+    for source, weight in zip(sources, weights, strict=True):
+        source["probability"] = weight / sum(weights)
+    draws_to_exhaust = [s["records"] / s["probability"] for s in sources]
+    draws = min(draws_to_exhaust) if strategy == "interleave_under" else max(draws_to_exhaust)
+    for source in sources:
+        expected_records = draws * source["probability"]
+        source["expected_passes"] = expected_records / source["records"]
+        source["expected_tokens"] = expected_records * source["tokens"] / source["records"]
+
+
+def run_mix(config: MixConfig) -> list[Path]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
+    sources = []
+    for group, names in (("medical", config.medical), ("general", config.general)):
+        for name in names:
+            sources.append({"dataset": name, "group": group, **count_tokens(config, name, tokenizer)})
+    shares = {"medical": config.medical_share, "general": config.general_share}
+    interleave_plan(sources, shares, config.mix_strategy)
+    expected_total = sum(s["expected_tokens"] for s in sources)
+    groups = {
+        group: {
+            "tokens": sum(s["tokens"] for s in sources if s["group"] == group),
+            "expected_tokens": sum(s["expected_tokens"] for s in sources if s["group"] == group),
+            "target_share": share / sum(shares.values()),
+        }
+        for group, share in shares.items()
+    }
+    for group in groups.values():
+        group["expected_share"] = group["expected_tokens"] / expected_total
+    lf_options = {
+        "dataset": ",".join(s["dataset"] for s in sources),
+        "dataset_dir": config.dataset_dir,
+        "mix_strategy": config.mix_strategy,
+        "interleave_probs": ",".join(repr(s["probability"]) for s in sources),
+    }
+    report = {
+        "tokenizer": config.tokenizer,
+        "mix_strategy": config.mix_strategy,
+        "sources": sources,
+        "groups": groups,
+        "llamafactory_options": lf_options,
+    }
+    out = Path(config.output_dir)
+    written = [out / "mix_report.json", out / "mix_report.md"]
+    atomic_write_text(written[0], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    atomic_write_text(written[1], _markdown(report))
+    if config.train_yaml:
+        train = yaml.safe_load(Path(config.train_yaml).read_text(encoding="utf-8")) or {}
+        if train.get("stage", "pt") != "pt":
+            raise DataError(f"{config.train_yaml}: stage must be pt for the pre-training mix.")
+        written.append(out / "pt_mix.yaml")
+        header = f"# {config.train_yaml} with the mix of {written[0]} (sfmed data mix)\n"
+        body = yaml.safe_dump({**train, **lf_options}, allow_unicode=True, sort_keys=False)
+        atomic_write_text(written[2], header + body)
+    return written
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Continued pre-training mix ({report['mix_strategy']})",
+        "",
+        f"Tokens counted with `{report['tokenizer']}` (text + EOS, as LLaMA-Factory's pt preprocessing).",
+        "",
+        "| dataset | group | records | tokens | tokens/record | interleave prob | expected tokens | passes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in report["sources"]:
+        lines.append(
+            f"| {s['dataset']} | {s['group']} | {s['records']:,} | {s['tokens']:,} | {s['tokens'] / s['records']:.1f} "
+            f"| {s['probability']:.4f} | {s['expected_tokens']:,.0f} | {s['expected_passes']:.2f} |"
+        )
+    lines += ["", "| group | tokens | target share | expected share |", "|---|---:|---:|---:|"]
+    for group, g in report["groups"].items():
+        lines.append(f"| {group} | {g['tokens']:,} | {g['target_share']:.3f} | {g['expected_share']:.3f} |")
+    options = report["llamafactory_options"]
+    lines += ["", "LLaMA-Factory options:", "", "```yaml", *(f"{k}: {v}" for k, v in options.items()), "```", ""]
+    return "\n".join(lines)
