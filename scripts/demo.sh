@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up, then runs the SF-Med demo pipeline on the embedded tiny model:
-#   tiny model -> continued pre-training -> SFT -> DPO with online merging (OnDARE, then OnTIES)
+#   near-duplicate report -> tiny model -> medical:general token mix -> continued pre-training
+#   -> instruction diversification (the CPT model served as generator) -> system prompts attached -> SFT
+#   -> DPO with online merging (OnDARE, then OnTIES)
 #   -> evaluation of the DPO model against the SFT model on the bundled items
 #   -> memorization audit of the SFT model on its training data, and the privacy guard's database.
 # Outputs: models/sfmed-tiny, saves/tiny/{pt,sft,dpo,dpo_onties} (each with LLaMA-Factory's loss plots) and
@@ -14,8 +16,35 @@ cd "$root"
 sfmed doctor
 sfmed data dedup examples/yaml/tiny/dedup.yaml  # near-duplicates of the bundled SFT data, report only
 sfmed tiny-model examples/yaml/tiny/tiny_model.yaml
-llamafactory-cli train examples/yaml/tiny/pt.yaml
-llamafactory-cli train examples/yaml/tiny/sft.yaml
+sfmed data mix examples/yaml/tiny/mix.yaml  # medical : general = 1.3 : 1.4 by tokens -> pt_mix.yaml
+llamafactory-cli train saves/tiny/data/mix/pt_mix.yaml
+
+# Instruction diversification: the CPT model, served by `llamafactory-cli api`, stands in for GLM-4-9B-Chat.
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p saves/tiny/data
+API_HOST=127.0.0.1 API_PORT=$port llamafactory-cli api --model_name_or_path saves/tiny/pt --template sfmed \
+  --infer_backend huggingface > saves/tiny/data/generator.log 2>&1 &
+generator=$!
+trap 'kill $generator 2>/dev/null || true' EXIT
+python - "$port" <<'PY'
+import sys, time, urllib.request
+for _ in range(120):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v1/models", timeout=5)
+        break
+    except OSError:
+        time.sleep(1)
+else:
+    sys.exit("the generator API did not come up in 120 s; see saves/tiny/data/generator.log")
+PY
+rm -rf saves/tiny/data/diversify  # the rounds resume only for the same generator; the CPT model was just retrained
+for pool in single multi; do
+  sfmed data diversify "examples/yaml/tiny/diversify_$pool.yaml" "generator_url=http://127.0.0.1:$port/v1"
+done
+kill $generator
+sfmed data attach-system examples/yaml/tiny/attach_system.yaml
+llamafactory-cli train examples/yaml/tiny/sft.yaml dataset_dir=saves/tiny/data/diversified \
+  dataset=sfmed_sft_single_diversified,sfmed_sft_multiturn_diversified
 llamafactory-cli train examples/yaml/tiny/dpo.yaml
 llamafactory-cli train examples/yaml/tiny/dpo.yaml sfmed_merge_method=onties output_dir=saves/tiny/dpo_onties
 rm -rf saves/tiny/eval  # answers are resumable; a fresh demo compares the freshly trained models
@@ -31,6 +60,9 @@ for stage in pt sft dpo dpo_onties; do
 done
 echo "  online merging reports: saves/tiny/dpo/sfmed_online_merging.json saves/tiny/dpo_onties/sfmed_online_merging.json"
 echo "  near-duplicate report: saves/tiny/data/dedup/dedup_report.json removed.jsonl"
+echo "  CPT mix: saves/tiny/data/mix/mix_report.md pt_mix.yaml"
+echo "  diversification: saves/tiny/data/diversify/{single,multi}/diversify_report.json instructions.jsonl;"
+echo "    SFT data with system prompts: saves/tiny/data/diversified/"
 echo "  evaluation (DPO vs SFT): saves/tiny/eval/report.md report.json report.png"
 echo "  memorization audit: saves/tiny/privacy/audit_report.json audit_rouge_l.png high_risk.jsonl;"
 echo "    guarded serving: llamafactory-cli chat examples/yaml/tiny/infer_guarded.yaml"

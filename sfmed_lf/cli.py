@@ -84,10 +84,18 @@ def _data(args: argparse.Namespace) -> int:
         from sfmed_lf.data_prep.dedup import DedupStep
 
         written = DedupStep(load_config(data_config.DedupConfig, args.config, args.overrides)).run()
-    else:
+    elif args.step == "mix":
         from sfmed_lf.data_prep.mix import run_mix
 
         written = run_mix(load_config(data_config.MixConfig, args.config, args.overrides))
+    elif args.step == "diversify":
+        from sfmed_lf.data_prep.diversify import DiversifyStep
+
+        written = DiversifyStep(load_config(data_config.DiversifyConfig, args.config, args.overrides)).run()
+    else:
+        from sfmed_lf.data_prep.attach import attach_system_prompts
+
+        written = attach_system_prompts(load_config(data_config.AttachConfig, args.config, args.overrides))
     for path in written:
         print(f"sfmed data {args.step}: wrote {path}")
     return 0
@@ -171,9 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     dedup = data_steps.add_parser("dedup", help="MinHash-LSH near-duplicate removal, per dataset then across all")
     _add_config_arguments(dedup, "LF-style YAML (sfmed_lf.data_prep.config.DedupConfig)")
     dedup.set_defaults(run=_data)
-    mix = data_steps.add_parser("mix", help="token counts and LF interleave_probs for the medical:general CPT mix")
-    _add_config_arguments(mix, "LF-style YAML (sfmed_lf.data_prep.config.MixConfig)")
-    mix.set_defaults(run=_data)
+    for step, help_text, config_class in (
+        ("mix", "token counts and LF interleave_probs for the medical:general CPT mix", "MixConfig"),
+        ("diversify", "new system instructions from a local generator (question/answer banks)", "DiversifyConfig"),
+        ("attach-system", "diversified instructions as system prompts of SFT samples", "AttachConfig"),
+    ):
+        step_parser = data_steps.add_parser(step, help=help_text)
+        _add_config_arguments(step_parser, f"LF-style YAML (sfmed_lf.data_prep.config.{config_class})")
+        step_parser.set_defaults(run=_data)
     convert_data = data_steps.add_parser("convert", help="a corpus of Tables 1-2 from its raw schema to an LF file")
     convert_data.add_argument("name", help="registered corpus (sfmed data registry lists them) or raw format name")
     convert_data.add_argument("input", help="the published file (a directory for cmedqa2 and plain-text corpora)")

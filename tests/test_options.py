@@ -86,6 +86,9 @@ def test_example_configs_parse(config):
         assert json.loads((REPO_ROOT / deepspeed).read_text())["zero_optimization"]["stage"] in (2, 3)
     values.pop("bf16", None)  # needs a bf16-capable device at parse time
     datasets = json.loads((REPO_ROOT / "dataset_info.json").read_text())
-    assert set(values["dataset"].split(",")) <= set(datasets)
+    names = values["dataset"].split(",")
+    if values.get("dataset_dir", ".") != ".":  # `sfmed data attach-system` output: registered corpora + suffix
+        names = [name.removesuffix("_diversified") for name in names]
+    assert set(names) <= set(datasets)
     finetuning_args = _parse_train_args(values)[3]
     assert finetuning_args.stage == values["stage"]

@@ -67,3 +67,68 @@ class MixConfig:
             raise ValueError(f"mix_strategy must be one of {', '.join(MIX_STRATEGIES)} (concat ignores the ratio).")
         if self.num_proc < 1 or self.batch_size < 1:
             raise ValueError("num_proc and batch_size must be >= 1.")
+
+
+POOLS = ("single", "multi")
+
+
+@dataclass
+class DiversifyConfig:
+    """Instruction diversification (SF-Med §3.2, Fig. 2) for one pool of system instructions."""
+
+    seeds: str  # .jsonl/.json rows with "instruction", or .txt with one instruction per line
+    output_dir: str
+    generator_url: str  # OpenAI-compatible endpoint, e.g. `vllm serve THUDM/glm-4-9b-chat` -> http://host:8000/v1
+    generator_model: str
+    pool: str = "single"  # single: answer directly; multi: may ask follow-up questions, never repeat one
+    api_key: str | None = None
+    rounds: int = 100
+    new_per_round: int = 5  # instructions asked of the generator each round
+    history_pairs: int = 5  # question-bank / answer-bank instructions shown as dialogue turns
+    keep_oldest: int = 20  # m: a bank keeps its m oldest and n newest instructions
+    keep_newest: int = 40  # n
+    swap_every: int = 10  # rounds between swaps of the question and answer banks (0: never)
+    seed: int = 1
+    temperature: float = 0.9
+    max_tokens: int = 1024
+    request_timeout_s: float = 300.0
+    max_retries: int = 4
+    lexicon: str | None = None  # one term per line; default: the bundled medical lexicon
+    min_terms: int = 2  # medical terms an accepted instruction contains
+    min_chars: int = 20
+    max_chars: int = 300
+    max_similarity: float = 0.6  # character-trigram Jaccard above which a candidate repeats a known instruction
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}.")
+        for name in ("rounds", "new_per_round", "history_pairs", "keep_oldest", "keep_newest", "min_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1.")
+        if self.swap_every < 0 or self.min_terms < 0:
+            raise ValueError("swap_every and min_terms must be >= 0.")
+        if self.max_chars <= self.min_chars:
+            raise ValueError("max_chars must exceed min_chars.")
+        if not 0 < self.max_similarity <= 1:
+            raise ValueError("max_similarity must lie in (0, 1].")
+
+
+@dataclass
+class AttachConfig:
+    """System instructions attached to SFT samples: the single-turn pool for one-turn rows, the multi-turn pool
+    for rows with history."""
+
+    datasets: list[str]  # dataset_info.json names (alpaca or sharegpt)
+    single_pool: str  # instructions.jsonl written by `sfmed data diversify` (pool single)
+    multi_pool: str  # the same for pool multi
+    output_dir: str  # files plus a dataset_info.json with a "<name>_diversified" entry each
+    dataset_dir: str = "."
+    input_dir: str | None = None  # read each file from here by its base name (e.g. `sfmed data dedup` output)
+    seed: int = 1
+    keep_existing: bool = False  # rows that already have a system prompt keep it
+
+    def __post_init__(self) -> None:
+        if isinstance(self.datasets, str):
+            self.datasets = [self.datasets]
+        if not self.datasets:
+            raise ValueError("datasets: name at least one SFT dataset.")
