@@ -135,6 +135,40 @@ def _data_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+PREF_STEPS = ("sample", "judge", "train-rms", "score", "select")
+
+
+def _pref(args: argparse.Namespace) -> int:
+    from sfmed_lf.preference.config import PreferenceConfig
+    from sfmed_lf.preference.ensemble import train_reward_models
+    from sfmed_lf.preference.judge import judge_pairs
+    from sfmed_lf.preference.sample import sample_responses
+    from sfmed_lf.preference.scoring import score_pairs
+    from sfmed_lf.preference.select import select_pairs
+
+    config = load_config(PreferenceConfig, args.config, args.overrides)
+    runners = {
+        "sample": sample_responses,
+        "judge": judge_pairs,
+        "train-rms": train_reward_models,
+        "score": score_pairs,
+        "select": select_pairs,
+    }
+    for step in PREF_STEPS if args.step == "all" else (args.step,):
+        for path in runners[step](config):
+            print(f"sfmed pref {step}: wrote {path}")
+    return 0
+
+
+def _rule_judge(args: argparse.Namespace) -> int:
+    from sfmed_lf.preference.rule_judge import rule_judge_server
+
+    server = rule_judge_server(args.host, args.port)
+    print(f"sfmed pref rule-judge: serving terms, length, clean at {server.base_url}", flush=True)
+    server.serve_forever()
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("config", help=help_text)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
@@ -199,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--dataset-info", default="dataset_info.json")
     registry.add_argument("--write", action="store_true", help="set the registry entries in the file")
     registry.set_defaults(run=_data_registry)
+
+    preference = commands.add_parser("pref", help="preference pairs: sample, judge, reward ensemble, flip/drop")
+    pref_steps = preference.add_subparsers(dest="step", required=True)
+    for step, help_text in (
+        ("sample", "k responses per prompt from the SFT model (endpoint or in process)"),
+        ("judge", "three judges vote on each pair, both orders; majority gives chosen/rejected"),
+        ("train-rms", "K reward models through llamafactory-cli (stage rm), one data order each"),
+        ("score", "every pair scored by every reward model, full precision"),
+        ("select", "mean strength; flip the weakest, drop the strongest; write the DPO dataset"),
+        ("all", "every step in order"),
+    ):
+        step_parser = pref_steps.add_parser(step, help=help_text)
+        _add_config_arguments(step_parser, "LF-style YAML (sfmed_lf.preference.config.PreferenceConfig)")
+        step_parser.set_defaults(run=_pref)
+    rule_judge = pref_steps.add_parser("rule-judge", help="serve rule-based judges (terms, length, clean), OpenAI API")
+    rule_judge.add_argument("--host", default="127.0.0.1")
+    rule_judge.add_argument("--port", type=int, default=8100)
+    rule_judge.set_defaults(run=_rule_judge)
     return parser
 
 

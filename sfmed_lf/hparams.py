@@ -1,7 +1,7 @@
-"""SF-Med options for ``llamafactory-cli``: a FinetuningArguments subclass, so they work in YAML, as key=value
-overrides, in ``llamafactory-cli train -h`` and in LLaMA-Board's extra-arguments box.
+"""SF-Med options for ``llamafactory-cli``: FinetuningArguments and DataArguments subclasses, so they work in YAML,
+as key=value overrides, in ``llamafactory-cli train -h`` and in LLaMA-Board's extra-arguments box.
 
-All option names start with ``sfmed_``. The subclass is swapped into LLaMA-Factory's argument parser by
+All option names start with ``sfmed_``. The subclasses are swapped into LLaMA-Factory's argument parser by
 ``sfmed_lf.integration``.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llamafactory.hparams.data_args import DataArguments
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
@@ -90,6 +91,41 @@ class PrivacyGuardArguments:
         default=0.8,
         metadata={"help": "Cosine similarity at or above which the secure counterpart is served."},
     )
+
+
+@dataclass
+class PreferenceSelectionArguments:
+    """Preference-strength flip/drop applied while LLaMA-Factory loads a ranking dataset (sfmed_lf/preference)."""
+
+    sfmed_pref_audit: str | None = field(
+        default=None,
+        metadata={"help": "audit.jsonl of `sfmed pref select` (every pair's ensemble scores); enables the plugin."},
+    )
+    sfmed_pref_flip_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of pairs with the lowest mean strength whose labels are flipped."}
+    )
+    sfmed_pref_drop_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of pairs with the highest mean strength that are dropped."}
+    )
+    sfmed_pref_flip_below: float | None = field(
+        default=None, metadata={"help": "Flip pairs whose mean strength is below this (replaces the fraction)."}
+    )
+    sfmed_pref_drop_above: float | None = field(
+        default=None, metadata={"help": "Drop pairs whose mean strength is above this (replaces the fraction)."}
+    )
+
+
+@dataclass
+class SFMedDataArguments(DataArguments, PreferenceSelectionArguments):
+    """LLaMA-Factory's DataArguments plus the preference-selection options."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("sfmed_pref_flip_fraction", "sfmed_pref_drop_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1).")
+        if self.sfmed_pref_audit and self.streaming:
+            raise ValueError("sfmed_pref_audit ranks every pair first; it cannot be used with streaming: true.")
 
 
 _CONFLICTING_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")

@@ -37,7 +37,12 @@ class LFSymbol:
 LF_SYMBOLS: tuple[LFSymbol, ...] = (
     LFSymbol("llamafactory.data.template", "TEMPLATES", "read `qwen`; entries `sfmed`, `sfmed_multiturn` added"),
     LFSymbol("llamafactory.hparams.finetuning_args", "FinetuningArguments", "subclassed: SF-Med options"),
-    LFSymbol("llamafactory.hparams.parser", "_TRAIN_ARGS", "item replaced: FinetuningArguments -> SF-Med subclass"),
+    LFSymbol("llamafactory.hparams.data_args", "DataArguments", "subclassed: preference-selection options"),
+    LFSymbol(
+        "llamafactory.hparams.parser",
+        "_TRAIN_ARGS",
+        "items replaced: FinetuningArguments and DataArguments -> SF-Med subclasses",
+    ),
     LFSymbol("llamafactory.hparams.parser", "_TRAIN_MCA_ARGS", "item replaced, as _TRAIN_ARGS"),
     LFSymbol("llamafactory.hparams.parser", "_INFER_ARGS", "item replaced, as _TRAIN_ARGS"),
     LFSymbol("llamafactory.hparams.parser", "_EVAL_ARGS", "item replaced, as _TRAIN_ARGS"),
@@ -56,7 +61,21 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
     LFSymbol("llamafactory.chat.hf_engine", "HuggingfaceEngine", "__init__/chat/stream_chat wrapped: privacy guard"),
     LFSymbol("llamafactory.chat.base_engine", "Response", "built: the guard's secure answer"),
     LFSymbol("llamafactory.data.template", "get_template_and_fix_tokenizer", "called: audit prefixes as in training"),
-    LFSymbol("llamafactory.hparams", "DataArguments", "built: the audit's template choice"),
+    LFSymbol("llamafactory.hparams", "DataArguments", "built: the template choice of the audit and the pair scorer"),
+    LFSymbol(
+        "llamafactory.data.processor.processor_utils", "infer_seqlen", "called: reward scores truncate as training"
+    ),
+    LFSymbol(
+        "llamafactory.data.loader",
+        "_get_merged_dataset",
+        "wrapped: preference flip/drop (sfmed_pref_audit) on the merged ranking dataset",
+    ),
+    LFSymbol("llamafactory.chat", "ChatModel", "called: in-process sampling of the preference responses"),
+    LFSymbol(
+        "llamafactory.train.rm.trainer",
+        "PairwiseTrainer",
+        "_save wrapped: reward models with tied embeddings save (shared tensors found by storage, not id)",
+    ),
     LFSymbol(
         "llamafactory.train.dpo.trainer",
         "CustomDPOTrainer",
@@ -72,22 +91,24 @@ def _patch_templates(module: ModuleType) -> str:
 
 
 def _patch_parser(module: ModuleType) -> str:
+    from llamafactory.hparams.data_args import DataArguments
     from llamafactory.hparams.finetuning_args import FinetuningArguments
 
-    from sfmed_lf.hparams import SFMedFinetuningArguments
+    from sfmed_lf.hparams import SFMedDataArguments, SFMedFinetuningArguments
 
+    subclasses = {FinetuningArguments: SFMedFinetuningArguments, DataArguments: SFMedDataArguments}
     replaced = []
     for list_name in ("_TRAIN_ARGS", "_TRAIN_MCA_ARGS", "_INFER_ARGS", "_EVAL_ARGS"):
         arg_classes = getattr(module, list_name)
         for index, cls in enumerate(arg_classes):
-            if cls is FinetuningArguments:
-                arg_classes[index] = SFMedFinetuningArguments
-                replaced.append(list_name)
+            if cls in subclasses:
+                arg_classes[index] = subclasses[cls]
+                replaced.append(f"{list_name}[{cls.__name__}]")
     from sfmed_lf.privacy.lf_engine import require_huggingface_backend
 
     if not getattr(module.get_infer_args, "sfmed_lf_wrapped", False):
         module.get_infer_args = require_huggingface_backend(module.get_infer_args)
-    return f"SFMedFinetuningArguments in {', '.join(replaced) or 'no list (already patched)'}; get_infer_args checked"
+    return f"SF-Med argument classes in {', '.join(replaced) or 'no list (already patched)'}; get_infer_args checked"
 
 
 def _patch_dpo_trainer(module: ModuleType) -> str:
@@ -121,7 +142,23 @@ def _patch_chat_engine(module: ModuleType) -> str:
     return guard_engine(module.HuggingfaceEngine)
 
 
+def _patch_data_loader(module: ModuleType) -> str:
+    from sfmed_lf.preference.lf_loader import select_while_loading
+
+    module._get_merged_dataset = select_while_loading(module._get_merged_dataset)
+    return "_get_merged_dataset wrapped: preference flip/drop"
+
+
+def _patch_reward_trainer(module: ModuleType) -> str:
+    from sfmed_lf.train.reward_save import save_without_shared_tensors
+
+    module.PairwiseTrainer._save = save_without_shared_tensors(module.PairwiseTrainer._save)
+    return "PairwiseTrainer._save wrapped: tied embeddings"
+
+
 MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
+    "llamafactory.train.rm.trainer": _patch_reward_trainer,
+    "llamafactory.data.loader": _patch_data_loader,
     "llamafactory.extras.constants": _patch_model_entries,
     "llamafactory.webui.common": _patch_board_common,
     "llamafactory.webui.control": _patch_board_control,

@@ -6,13 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 
+from sfmed_lf.serving.chat_server import ChatCompletionServer
 from tests.conftest import free_port
 from tests.helpers import VENV_BIN, cli_env
 
@@ -69,49 +68,5 @@ def serve_api(argv: list[str], log_path: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-Reply = Callable[[dict], tuple[int, str]]  # request payload -> (HTTP status, assistant text or error body)
-
-
-class ScriptedChatServer:
-    """OpenAI-compatible /v1/chat/completions whose answer to each request is ``reply(payload)``."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.requests: list[dict] = []
-        lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    outer.requests.append(payload)
-                status, text = reply(payload)
-                body = (
-                    {
-                        "object": "chat.completion",
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-                    }
-                    if status == 200
-                    else {"error": text}
-                )
-                data = json.dumps(body, ensure_ascii=False).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> ScriptedChatServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+# a server whose replies the test decides: ScriptedChatServer(lambda payload: (200, "text")) as server
+ScriptedChatServer = ChatCompletionServer

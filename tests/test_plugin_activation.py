@@ -73,11 +73,13 @@ def test_activation_is_idempotent():
         importlib.reload(sys.modules["llamafactory.data.template"])
         integration.activate()
         hooks = [f for f in sys.meta_path if getattr(f, "sfmed_lf_hook", False)]
-        print(len(hooks), [c.__name__ for c in parser._TRAIN_ARGS].count("SFMedFinetuningArguments"),
+        names = [c.__name__ for c in parser._TRAIN_ARGS]
+        print(len(hooks), names.count("SFMedFinetuningArguments"), names.count("SFMedDataArguments"),
               sorted(integration.APPLIED))
     """)
     assert result.stdout.strip().split("\n")[-1] == (
-        "1 1 ['llamafactory.data.template', 'llamafactory.extras.constants', 'llamafactory.hparams.parser']"
+        "1 1 1 ['llamafactory.data.loader', 'llamafactory.data.template', 'llamafactory.extras.constants', "
+        "'llamafactory.hparams.parser']"
     )
 
 

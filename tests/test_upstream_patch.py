@@ -1,17 +1,22 @@
-"""patches/0001: LLaMA-Factory with entry-point plugin discovery activates sfmed-lf without the start-up .pth."""
+"""patches/: 0001, LLaMA-Factory with entry-point plugin discovery activates sfmed-lf without the start-up .pth;
+0002, a full-tuned reward model with tied embeddings saves with the patch alone (sfmed-lf switched off)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import site
 import sys
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 
+from sfmed_lf.tiny_model import build_tiny_model
 from tests.helpers import REPO_ROOT, run
 
 PATCH = REPO_ROOT / "patches" / "0001-plugin-entry-points.patch"
+RM_SAVE_PATCH = REPO_ROOT / "patches" / "0002-rm-save-tied-embeddings.patch"
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +65,32 @@ def test_patch_brings_its_own_passing_tests(patched_llamafactory):
         env=isolated_env(patched_llamafactory),
         cwd=patched_llamafactory,
     )
+
+
+def test_reward_model_with_tied_embeddings_saves_with_the_patch_alone(tmp_path):
+    """Stock LF 0.9.5 cannot save it; the patched copy can, with sfmed-lf's own fix switched off."""
+    root = tmp_path / "lf"
+    installed = next(Path(d, "llamafactory") for d in site.getsitepackages() if Path(d, "llamafactory").is_dir())
+    shutil.copytree(installed, root / "src" / "llamafactory", ignore=shutil.ignore_patterns("__pycache__"))
+    model = build_tiny_model(tmp_path / "model")
+    assert json.loads((model / "config.json").read_text())["tie_word_embeddings"] is True
+    train = [
+        sys.executable,
+        "-c",
+        "import sys; from llamafactory.cli import main; sys.argv[0] = 'llamafactory-cli'; sys.exit(main())",
+        "train",
+        "examples/yaml/tiny/rm.yaml",
+        f"model_name_or_path={model}",
+        "template=qwen",  # the sfmed templates are part of the switched-off plugin
+        "max_steps=1",
+    ]
+    off = {"SFMED_LF_DISABLE": "1", "PYTHONPATH": str(root / "src")}
+    stock = run([*train, f"output_dir={tmp_path / 'stock'}"], env=off, check=False)
+    assert stock.returncode != 0 and "share memory" in stock.stdout + stock.stderr
+
+    run(["git", "init", "-q"], cwd=root)
+    run(["git", "apply", str(RM_SAVE_PATCH)], cwd=root)
+    run([*train, f"output_dir={tmp_path / 'patched'}"], env=off)
+    assert (tmp_path / "patched" / "value_head.safetensors").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "patched")
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()

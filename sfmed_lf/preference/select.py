@@ -1,0 +1,137 @@
+"""``sfmed pref select``: mean preference strength over the reward-model ensemble, flip the weakest, drop the
+strongest (:mod:`sfmed_lf.preference.selection`), and write the DPO dataset.
+
+Outputs in ``output_dir``: ``selected.jsonl`` (ranking rows, flipped pairs with chosen and rejected swapped) and
+its ``dataset_info.json`` entry (also added to ``register_in``, e.g. the project's dataset_info.json, so
+``dataset: NAME`` works in the DPO YAML and LLaMA-Board lists it); ``audit.jsonl`` (per pair: key, every model's
+scores, mean, std, action); ``selection_report.json`` with per-decile statistics; ``strength_histogram.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfmed_lf.errors import DataError
+from sfmed_lf.preference.config import PreferenceConfig
+from sfmed_lf.preference.judge import register
+from sfmed_lf.preference.selection import DROP, FLIP, select_actions, strengths
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.jsonl import read_records
+from sfmed_lf.utils.plotting import png_bytes, pyplot
+
+
+def pair_key(prompt: list[str], chosen: str, rejected: str) -> str:
+    """Identity of a pair by its texts (the prompt's turns in order), so a dataset loader can find it again."""
+    payload = json.dumps([prompt, chosen, rejected], ensure_ascii=False)
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()
+
+
+def prompt_turns(pair: dict[str, Any]) -> list[str]:
+    """system, history turns and the question, as LLaMA-Factory's ranking loader sees them."""
+    question = pair["instruction"] + (f"\n{pair['input']}" if pair.get("input") else "")
+    history = [text for turn in pair.get("history") or [] for text in turn]
+    return [pair.get("system") or "", *history, question]
+
+
+def decile_statistics(mean: np.ndarray) -> list[dict[str, float]]:
+    order = np.sort(mean)
+    rows = []
+    for index, chunk in enumerate(np.array_split(order, 10)):
+        if len(chunk):
+            rows.append(
+                {
+                    "decile": index + 1,
+                    "pairs": len(chunk),
+                    "min": float(chunk.min()),
+                    "mean": float(chunk.mean()),
+                    "max": float(chunk.max()),
+                }
+            )
+    return rows
+
+
+def select_pairs(config: PreferenceConfig) -> list[Path]:
+    out = config.out
+    pairs = [row for _, row in read_records(out / "pairs.jsonl")] if (out / "pairs.jsonl").exists() else []
+    scored = [row for _, row in read_records(out / "scores.jsonl")] if (out / "scores.jsonl").exists() else []
+    if not pairs or not scored:
+        raise DataError(f"{out}: needs pairs.jsonl and scores.jsonl; run `sfmed pref judge` and `sfmed pref score`.")
+    models = sorted(scored, key=lambda row: row["model"])
+    if len(models) < config.num_reward_models:
+        raise DataError(f"{out / 'scores.jsonl'}: {len(models)} of {config.num_reward_models} models scored.")
+    chosen = np.array([row["chosen"] for row in models]).T  # [pairs, models]
+    rejected = np.array([row["rejected"] for row in models]).T
+    if chosen.shape[0] != len(pairs):
+        raise DataError(f"{out / 'scores.jsonl'}: scores for {chosen.shape[0]} pairs, pairs.jsonl has {len(pairs)}.")
+    mean, std = strengths(chosen, rejected)
+    actions = select_actions(mean, config.flip_fraction, config.drop_fraction, config.flip_below, config.drop_above)
+
+    selected, audit = [], []
+    for index, (pair, action) in enumerate(zip(pairs, actions, strict=True)):
+        audit.append(
+            {
+                "id": pair["id"],
+                "key": pair_key(prompt_turns(pair), pair["chosen"], pair["rejected"]),
+                "chosen_scores": chosen[index].tolist(),
+                "rejected_scores": rejected[index].tolist(),
+                "mean_strength": float(mean[index]),
+                "std_strength": float(std[index]),
+                "action": action,
+            }
+        )
+        if action == DROP:
+            continue
+        row = {key: value for key, value in pair.items() if key != "votes"}
+        if action == FLIP:
+            row["chosen"], row["rejected"] = pair["rejected"], pair["chosen"]
+        selected.append(row)
+
+    counts = {name: actions.count(name) for name in ("keep", FLIP, DROP)}
+    report = {
+        "pairs": len(pairs),
+        "reward_models": len(models),
+        "rule": {
+            "flip_fraction": config.flip_fraction,
+            "drop_fraction": config.drop_fraction,
+            "flip_below": config.flip_below,
+            "drop_above": config.drop_above,
+        },
+        "actions": counts,
+        "mean_strength": {"mean": float(mean.mean()), "std": float(mean.std())},
+        "mean_model_disagreement": float(std.mean()),
+        "deciles": decile_statistics(mean),
+        "dataset": config.dataset_name,
+    }
+    written = [out / "selected.jsonl", out / "audit.jsonl", out / "selection_report.json"]
+    atomic_write_text(written[0], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in selected))
+    atomic_write_text(written[1], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in audit))
+    atomic_write_text(written[2], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    written.append(out / "strength_histogram.png")
+    atomic_write_bytes(written[-1], _histogram(mean, actions))
+    register(out / "dataset_info.json", config.dataset_name, "selected.jsonl")
+    if config.register_in:
+        target = Path(config.register_in)
+        relative = os.path.relpath(out.resolve() / "selected.jsonl", target.resolve().parent)
+        register(target, config.dataset_name, Path(relative).as_posix())
+        written.append(target)
+    return written
+
+
+def _histogram(mean: np.ndarray, actions: list[str]) -> bytes:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    bins = np.histogram_bin_edges(mean, bins=min(40, max(10, len(mean) // 5)))
+    for action, color in (("keep", "tab:blue"), (FLIP, "tab:red"), (DROP, "tab:gray")):
+        values = [m for m, a in zip(mean, actions, strict=True) if a == action]
+        if values:
+            axis.hist(values, bins=bins, color=color, alpha=0.8, label=f"{action} ({len(values)})")
+    axis.set_xlabel("mean preference strength (chosen − rejected), over the reward models")
+    axis.set_ylabel("pairs")
+    axis.legend()
+    return png_bytes(figure)
