@@ -1,15 +1,18 @@
 """Fidelity of the preference-strength flip (SF-Med §3.3) on a synthetic preference set with known labels.
 
-Each pair's true chosen answer is a real medical answer; its true rejected answer is the same characters in a
-random order (same length and vocabulary, no sentence structure). A known fraction of pairs is flipped on purpose.
+Each pair's true chosen answer is a real medical answer to its question; the true rejected answer is, with
+``--negatives shuffled``, the same characters in a random order (same length and vocabulary, no sentence
+structure: an easy signal), or with ``--negatives mismatched`` a fluent answer to another question (only relevance
+separates them: hard for a tiny model). A known fraction of pairs is flipped on purpose.
 The tiny reward-model ensemble is trained on the noisy pairs with the real `sfmed pref train-rms | score | select`
 steps; the flip rule is run with flip_fraction equal to the planted fraction and no drop. Reported: precision and
 recall of the flipped pairs against the planted ones, for the ensemble mean and for each single model.
 
     python benchmarks/pref_fidelity.py                      # bundled answers (about 120 pairs)
     python benchmarks/pref_fidelity.py --source realdata    # ../shared/realdata answers (up to --pairs)
+    python benchmarks/pref_fidelity.py --negatives mismatched
 
-Target: precision >= 0.8 with the ensemble. Results: benchmarks/results/pref_fidelity.{json,md}.
+Target: precision >= 0.8 with the ensemble. Results: benchmarks/results/pref_fidelity_<source>_<negatives>.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -59,7 +63,9 @@ def realdata_answers() -> list[tuple[str, str]]:
     return answers
 
 
-def build_pairs(answers: list[tuple[str, str]], count: int, flip: float, seed: int) -> tuple[list[dict], set[str]]:
+def build_pairs(
+    answers: list[tuple[str, str]], count: int, flip: float, seed: int, negatives: str
+) -> tuple[list[dict], set[str]]:
     rng = random.Random(seed)
     usable = [(q, a) for q, a in answers if 20 <= len(a) <= 300 and len(set(a)) > 10]
     rng.shuffle(usable)
@@ -67,10 +73,14 @@ def build_pairs(answers: list[tuple[str, str]], count: int, flip: float, seed: i
     planted = set(rng.sample([f"s{i}" for i in range(len(usable))], round(flip * len(usable))))
     rows = []
     for i, (question, answer) in enumerate(usable):
-        shuffled = list(answer)
-        while "".join(shuffled) == answer:
-            rng.shuffle(shuffled)
-        chosen, rejected = answer, "".join(shuffled)
+        if negatives == "mismatched":
+            negative = usable[(i + 1 + rng.randrange(len(usable) - 1)) % len(usable)][1]
+        else:
+            shuffled = list(answer)
+            while "".join(shuffled) == answer:
+                rng.shuffle(shuffled)
+            negative = "".join(shuffled)
+        chosen, rejected = answer, negative
         if f"s{i}" in planted:
             chosen, rejected = rejected, chosen
         rows.append(
@@ -99,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=("bundled", "realdata"), default="bundled")
     parser.add_argument("--pairs", type=int, default=300)
+    parser.add_argument("--negatives", choices=("shuffled", "mismatched"), default="shuffled")
     parser.add_argument("--flip", type=float, default=0.1)
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--epochs", type=float, default=2.0)
@@ -107,8 +118,9 @@ def main() -> None:
     arguments = parser.parse_args()
 
     work = ROOT / arguments.work
+    shutil.rmtree(work, ignore_errors=True)  # an experiment starts from nothing (the steps would resume)
     answers = realdata_answers() if arguments.source == "realdata" else bundled_answers()
-    pairs, planted = build_pairs(answers, arguments.pairs, arguments.flip, arguments.seed)
+    pairs, planted = build_pairs(answers, arguments.pairs, arguments.flip, arguments.seed, arguments.negatives)
     out = work / "pref"
     out.mkdir(parents=True, exist_ok=True)
     (out / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pairs))
@@ -145,6 +157,7 @@ def main() -> None:
         )
     result = {
         "source": arguments.source,
+        "negatives": arguments.negatives,
         "pairs": len(pairs),
         "planted_flips": len(planted),
         "reward_models": arguments.models,
@@ -155,9 +168,11 @@ def main() -> None:
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "pref_fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"pref_fidelity_{arguments.source}_{arguments.negatives}"
+    (results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"# Preference flip fidelity ({arguments.source}, {len(pairs)} pairs, {len(planted)} planted flips)",
+        f"# Preference flip fidelity ({arguments.source} answers, {arguments.negatives} negatives, {len(pairs)} pairs, "
+        f"{len(planted)} planted flips)",
         "",
         "| selector | precision | recall |",
         "|---|---:|---:|",
@@ -166,7 +181,7 @@ def main() -> None:
         "",
         f"Train + score + select: {elapsed:.0f} s on this machine.",
     ]
-    (results / "pref_fidelity.md").write_text("\n".join(lines) + "\n")
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -217,7 +217,7 @@ def test_reward_ensemble_scores_selection_and_loader_plugin(tiny, tmp_path):
     broken = write_config(tmp_path / "broken.yaml", **{**base, "rm_overrides": ["learning_rate=not-a-number"]})
     result = run(["sfmed", "pref", "train-rms", str(broken)], check=False)
     assert result.returncode == 2 and "reward model(s) [0, 1] failed" in result.stderr
-    assert read_json(out / "ensemble.json")["0"]["status"] == "failed"
+    assert read_json(out / "ensemble.json")["models"]["0"]["status"] == "failed"
 
     config = write_config(tmp_path / "pref.yaml", **base)
     run(["sfmed", "pref", "train-rms", str(config)])
@@ -225,7 +225,10 @@ def test_reward_ensemble_scores_selection_and_loader_plugin(tiny, tmp_path):
     config = write_config(tmp_path / "pref.yaml", **{**base, "num_reward_models": 3})
     run(["sfmed", "pref", "train-rms", str(config)])  # trains only the new third model
     assert (out / "rms" / "rm_0" / "value_head.safetensors").stat().st_mtime_ns == first_head
-    assert read_json(out / "ensemble.json")["2"]["status"] == "done"
+    assert read_json(out / "ensemble.json")["models"]["2"]["status"] == "done"
+    other_seed = write_config(tmp_path / "other.yaml", **{**base, "data_seed_base": 7})
+    refused = run(["sfmed", "pref", "train-rms", str(other_seed)], check=False)
+    assert refused.returncode == 2 and "changed: data_seed_base" in refused.stderr
 
     run(["sfmed", "pref", "score", str(config)])
     scores = sorted(lines(out / "scores.jsonl"), key=lambda row: row["model"])

@@ -29,6 +29,7 @@ class PreferenceConfig:
     policy_url: str | None = None
     policy_model: str = "sfmed-sft"
     policy_path: str | None = None  # in-process path (no server): model directory
+    policy_backend: str = "huggingface"  # LF ChatModel engine for the in-process path: huggingface or vllm
     template: str = "sfmed"
     num_responses: int = 2  # k; consecutive responses form the pairs (0,1), (2,3), ...
     temperature: float = 1.0
@@ -62,6 +63,8 @@ class PreferenceConfig:
     register_in: str | None = None  # a dataset_info.json to add the selected dataset to (e.g. the project's)
 
     def __post_init__(self) -> None:
+        if self.policy_backend not in ("huggingface", "vllm"):
+            raise ValueError("policy_backend must be huggingface or vllm.")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}.")
         if self.num_responses < 2 or self.num_responses % 2:

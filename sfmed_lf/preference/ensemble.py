@@ -3,7 +3,8 @@
 All K share the base YAML and its ``seed`` (so the value head starts the same); model i differs by
 ``data_seed = data_seed_base + i``, the order in which the trainer's sampler shuffles the pairs. Each run writes
 ``rms/rm_<i>/`` and its log; ``ensemble.json`` records each run's status. A finished run (status done and its
-value head on disk) is not trained again, so a failed run is re-run alone by running the command again. With
+value head on disk) is not trained again, so a failed run is re-run alone by running the command again; other
+pairs, another base YAML or other overrides are refused (start a new output_dir) rather than mixed. With
 ``gpus`` the runs are spread over the devices (``gpus_per_model`` each, one run per slot at a time).
 """
 
@@ -23,6 +24,7 @@ from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.judge import PAIRS_DATASET
 from sfmed_lf.utils.io import atomic_write_text
+from sfmed_lf.utils.provenance import file_digest
 
 # LF saves the value head beside the model: .safetensors, or .bin with `save_safetensors: false` (transformers 4)
 VALUE_HEAD_FILES = ("value_head.safetensors", "value_head.bin")
@@ -51,7 +53,20 @@ def train_reward_models(config: PreferenceConfig) -> list[Path]:
     if not (config.out / "pairs.jsonl").is_file():
         raise DataError(f"{config.out / 'pairs.jsonl'}: run `sfmed pref judge` first.")
     status_path = config.out / "ensemble.json"
-    status: dict[str, Any] = json.loads(status_path.read_text()) if status_path.exists() else {}
+    inputs = {
+        "pairs": file_digest(config.out / "pairs.jsonl"),
+        "rm_yaml": file_digest(Path(config.rm_yaml)),
+        "rm_overrides": config.rm_overrides,
+        "data_seed_base": config.data_seed_base,
+    }
+    recorded: dict[str, Any] = json.loads(status_path.read_text()) if status_path.exists() else {}
+    status: dict[str, Any] = recorded.get("models", {})
+    if any(entry["status"] == "done" for entry in status.values()) and recorded.get("inputs") != inputs:
+        changed = sorted(key for key in inputs if inputs[key] != recorded.get("inputs", {}).get(key))
+        raise DataError(
+            f"{status_path}: reward models were trained with other inputs (changed: {', '.join(changed)}); "
+            "use a new output_dir or delete rms/ and ensemble.json to start over."
+        )
     todo = [i for i in range(config.num_reward_models) if not finished(config, i, status)]
     slots = [None]
     if config.gpus:
@@ -92,7 +107,7 @@ def train_reward_models(config: PreferenceConfig) -> list[Path]:
             result = train(index, slots[slot_index])
             with lock:
                 status[str(index)] = result
-                atomic_write_text(status_path, json.dumps(status, indent=2) + "\n")
+                atomic_write_text(status_path, json.dumps({"inputs": inputs, "models": status}, indent=2) + "\n")
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         for future in [pool.submit(run_slot, s) for s in range(len(slots))]:

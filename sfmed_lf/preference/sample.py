@@ -2,8 +2,8 @@
 
 The model is asked through an OpenAI-compatible endpoint (``vllm serve`` or ``llamafactory-cli api``; k requests
 per prompt, ``seed + i`` sent for servers that honour it) or, with ``policy_path`` and no URL, in process through
-LLaMA-Factory's ChatModel (``num_return_sequences = k``). ``responses.jsonl`` gets one line per prompt once all k
-are in, so a killed run re-asks only unfinished prompts.
+LLaMA-Factory's ChatModel (hf or vLLM engine, ``num_return_sequences = k``). ``responses.jsonl`` gets one line
+per prompt once all k are in, so a killed run re-asks only unfinished prompts.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def chat_messages(prompt: dict[str, Any]) -> list[dict[str, str]]:
 
 
 class InProcessPolicy:
-    """LLaMA-Factory's ChatModel (hf engine) on ``policy_path`` with the configured template."""
+    """LLaMA-Factory's ChatModel (``policy_backend``: hf or vLLM engine) on ``policy_path`` with the template."""
 
     def __init__(self, config: PreferenceConfig) -> None:
         from llamafactory.chat import ChatModel
@@ -61,7 +61,7 @@ class InProcessPolicy:
             {
                 "model_name_or_path": config.policy_path,
                 "template": config.template,
-                "infer_backend": "huggingface",
+                "infer_backend": config.policy_backend,
                 "do_sample": True,
                 "temperature": config.temperature,
                 "top_p": config.top_p,
@@ -82,7 +82,7 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
     source = {"endpoint": config.policy_url, "served_model": config.policy_model} if config.policy_url else None
     if source is None:
         config.require("policy_path")
-        source = {"model": model_fingerprint(config.policy_path), "template": config.template}
+        source = {"model": model_fingerprint(config.policy_path), "template": config.template, "seed": config.seed}
     path = config.out / RESPONSES
     check_provenance(
         path,

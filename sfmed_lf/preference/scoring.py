@@ -23,7 +23,7 @@ from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.ensemble import rm_dir, value_head_file
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl, read_records
-from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
+from sfmed_lf.utils.provenance import check_provenance, file_digest, model_fingerprint
 
 
 class PairEncoder:
@@ -127,7 +127,7 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
     missing = [str(model) for model in models if value_head_file(model) is None]
     if missing:
         raise DataError(f"reward models missing: {', '.join(missing)}; run `sfmed pref train-rms` first.")
-    check_provenance(path, {"pairs": [p["id"] for p in pairs], "cutoff_len": config.cutoff_len})
+    check_provenance(path, {"pairs": file_digest(pairs_path), "cutoff_len": config.cutoff_len})
     output = ResumableJsonl(path, key="model")
     for index, model_dir in enumerate(tqdm(models, desc="score with reward models", unit="model")):
         fingerprint = model_fingerprint(str(model_dir))

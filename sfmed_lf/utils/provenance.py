@@ -3,6 +3,7 @@ inputs (another model, other settings) is refused instead of mixing rows of two 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,15 @@ def model_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
         "path": str(Path(path).resolve()),
         "weights": {w.name: [w.stat().st_size, w.stat().st_mtime_ns] for w in weights},
     }
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's content (inputs whose content, not only their name, the output depends on)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_provenance(output: str | os.PathLike[str], current: dict[str, Any]) -> None:
