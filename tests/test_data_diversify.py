@@ -198,3 +198,27 @@ def test_attach_system_prompts_by_turns_and_load_in_llamafactory(tmp_path):
         dataset, tokenizer = lf_load_dataset(model, info_abs, name, "sft", tmp_path)
         assert len(dataset) == len(rows)
         assert rows[0]["system"] in tokenizer.decode(dataset[0]["input_ids"])
+
+
+def test_attach_reads_dedup_output_and_keeps_existing_prompts(tmp_path):
+    """input_dir: the files `sfmed data dedup` wrote (same names); keep_existing: rows with a system prompt keep it."""
+    run(["sfmed", "data", "dedup", "examples/yaml/tiny/dedup.yaml", f"output_dir={tmp_path / 'dedup'}"])
+    kept = json.loads((tmp_path / "dedup" / "sfmed_sft_multiturn.json").read_text(encoding="utf-8"))
+    config = {
+        "datasets": ["sfmed_sft_multiturn"],
+        "input_dir": str(tmp_path / "dedup"),
+        "single_pool": str(SEEDS),
+        "multi_pool": str(REPO_ROOT / "data" / "sfmed_seed_instructions_multi.jsonl"),
+        "output_dir": str(tmp_path / "attached"),
+        "keep_existing": True,
+    }
+    (tmp_path / "attach.yaml").write_text(yaml.safe_dump(config))
+    run(["sfmed", "data", "attach-system", str(tmp_path / "attach.yaml")])
+    rows = lines(tmp_path / "attached" / "sfmed_sft_multiturn_diversified.jsonl")
+    assert [row["conversations"] for row in rows] == [row["conversations"] for row in kept]
+    with_system = sum(1 for row in kept if row.get("system"))
+    report = read_json(tmp_path / "attached" / "attach_report.json")["datasets"]["sfmed_sft_multiturn"]
+    assert with_system > 0 and report["kept_existing"] == with_system
+    for original, written in zip(kept, rows, strict=True):
+        if original.get("system"):
+            assert written["system"] == original["system"]
