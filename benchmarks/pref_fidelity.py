@@ -32,7 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sfmed_lf.preference.judge import PAIRS_DATASET, register  # noqa: E402
+from sfmed_lf.preference.judge import PAIRS_DATASET  # noqa: E402
+from sfmed_lf.preference.pairs import register  # noqa: E402
 from sfmed_lf.preference.selection import FLIP, select_actions, strengths  # noqa: E402
 from sfmed_lf.utils.jsonl import read_records  # noqa: E402
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from sfmed_lf.preference.judge import PAIRS_DATASET, decide, parse_verdict, register
+from sfmed_lf.preference.judge import PAIRS_DATASET, decide, parse_verdict
+from sfmed_lf.preference.pairs import register
 from sfmed_lf.preference.rule_judge import rule_judge_server, rules, verdict
 from sfmed_lf.preference.selection import select_actions, strengths
 from sfmed_lf.tiny_model import build_tiny_model

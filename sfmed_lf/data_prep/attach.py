@@ -19,22 +19,18 @@ from tqdm import tqdm
 
 from sfmed_lf.data_prep.config import AttachConfig
 from sfmed_lf.data_prep.diversify import load_instructions
+from sfmed_lf.data_prep.registry import local_dataset_entry
 from sfmed_lf.errors import DataError
 from sfmed_lf.utils.io import atomic_open, atomic_write_text
 from sfmed_lf.utils.jsonl import read_records
 
 
 def _entry(config: AttachConfig, name: str) -> dict[str, Any]:
-    info_path = Path(config.dataset_dir) / "dataset_info.json"
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{info_path}: cannot read ({error}).") from error
-    if name not in info or "file_name" not in info[name]:
-        raise DataError(f"{info_path}: no local dataset {name!r} (an entry with file_name).")
-    if info[name].get("ranking"):
+    hint = "system prompts are attached to local files; download it and register file_name."
+    info_path, entry = local_dataset_entry(config.dataset_dir, name, hint)
+    if entry.get("ranking"):
         raise DataError(f"{info_path}: {name} is a ranking dataset; system prompts are attached to SFT data.")
-    return info[name]
+    return entry
 
 
 def is_multi_turn(row: dict[str, Any], entry: dict[str, Any]) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sfmed_lf.serving.chat_client import EndpointOptions
+
 
 @dataclass
 class DedupConfig:
@@ -73,7 +75,7 @@ POOLS = ("single", "multi")
 
 
 @dataclass
-class DiversifyConfig:
+class DiversifyConfig(EndpointOptions):
     """Instruction diversification (SF-Med §3.2, Fig. 2) for one pool of system instructions."""
 
     seeds: str  # .jsonl/.json rows with "instruction", or .txt with one instruction per line
@@ -81,7 +83,6 @@ class DiversifyConfig:
     generator_url: str  # OpenAI-compatible endpoint, e.g. `vllm serve THUDM/glm-4-9b-chat` -> http://host:8000/v1
     generator_model: str
     pool: str = "single"  # single: answer directly; multi: may ask follow-up questions, never repeat one
-    api_key: str | None = None
     rounds: int = 100
     new_per_round: int = 5  # instructions asked of the generator each round
     history_pairs: int = 5  # question-bank / answer-bank instructions shown as dialogue turns
@@ -91,8 +92,6 @@ class DiversifyConfig:
     seed: int = 1
     temperature: float = 0.9
     max_tokens: int = 1024
-    request_timeout_s: float = 300.0
-    max_retries: int = 4
     lexicon: str | None = None  # one term per line; default: the bundled medical lexicon
     min_terms: int = 2  # medical terms an accepted instruction contains
     min_chars: int = 20

@@ -16,7 +16,7 @@ ends on an unanswered user turn keeps its answered turns; the trimmed turns are 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,6 @@ class Excluded(Exception):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Row readers: (row number, raw row) for one input path.
-
-
-def table_rows(path: str) -> Iterator[tuple[int, Any]]:
-    """.json (a list), .jsonl or .csv rows."""
-    yield from read_rows(path)
 
 
 def webmedqa_rows(path: str) -> Iterator[tuple[int, Any]]:
@@ -352,7 +347,7 @@ def parse_plain_text(path: str, number: int, row: dict[str, Any]) -> Text:
 class RawFormat:
     schema: str
     parse: Callable[[str, int, Any], Sample]
-    rows: Callable[[str], Iterator[tuple[int, Any]]] = table_rows
+    rows: Callable[[str], Iterable[tuple[int, Any]]] = read_rows  # .json, .jsonl or .csv rows
     text_only: bool = False
 
 

@@ -31,7 +31,6 @@ from tqdm import tqdm
 from sfmed_lf.data_prep.config import DiversifyConfig
 from sfmed_lf.data_prep.minhash import normalize
 from sfmed_lf.errors import DataError
-from sfmed_lf.serving.chat_client import ChatEndpoint
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl, read_records
 from sfmed_lf.utils.provenance import check_provenance
@@ -210,13 +209,7 @@ class DiversifyStep:
         )
         for seed_instruction in self.seeds:
             check.remember(seed_instruction)
-        endpoint = ChatEndpoint(
-            config.generator_url,
-            config.generator_model,
-            api_key=config.api_key,
-            timeout_s=config.request_timeout_s,
-            max_retries=config.max_retries,
-        )
+        endpoint = config.endpoint(config.generator_url, config.generator_model)
         pool: list[dict[str, Any]] = [{"instruction": text, "origin": "seed"} for text in self.seeds]
         rejections: Counter[str] = Counter()
         candidates = 0

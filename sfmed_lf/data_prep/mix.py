@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from sfmed_lf.data_prep.config import MixConfig
+from sfmed_lf.data_prep.registry import local_dataset_entry
 from sfmed_lf.errors import DataError
 from sfmed_lf.utils.io import atomic_write_text
 
@@ -30,16 +31,8 @@ DATASET_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "
 
 def dataset_files(dataset_dir: str, name: str) -> tuple[str, list[str], str]:
     """(loader type, files, text column) of a local pre-training entry of ``dataset_dir``/dataset_info.json."""
-    info_path = Path(dataset_dir) / "dataset_info.json"
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{info_path}: cannot read ({error}).") from error
-    if name not in info:
-        raise DataError(f"{info_path}: no dataset {name!r}.")
-    entry = info[name]
-    if "file_name" not in entry:
-        raise DataError(f"{info_path}: {name}: only local files are counted; download it and register file_name.")
+    hint = "only local files are counted; download it and register file_name."
+    info_path, entry = local_dataset_entry(dataset_dir, name, hint)
     if entry.get("formatting", "alpaca") != "alpaca":
         raise DataError(f"{info_path}: {name}: a pre-training dataset is alpaca-formatted with a text column.")
     root = Path(dataset_dir) / entry["file_name"]

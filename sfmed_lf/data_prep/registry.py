@@ -8,8 +8,12 @@ checks that the two agree.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from sfmed_lf.errors import DataError
 
 CONVERTED_DIR = "data/converted"
 
@@ -168,3 +172,18 @@ def merged_dataset_info(current: dict[str, Any]) -> dict[str, Any]:
     """``current`` (the bundled and user entries, in their order) with the registry entries set to this table."""
     generated = registry_entries()
     return {**{name: entry for name, entry in current.items() if name not in generated}, **generated}
+
+
+def local_dataset_entry(dataset_dir: str, name: str, remote_hint: str) -> tuple[Path, dict[str, Any]]:
+    """(dataset_info.json path, entry) of a dataset registered with a local ``file_name`` in ``dataset_dir``;
+    ``remote_hint`` completes the error for an entry without one (a hub dataset)."""
+    info_path = Path(dataset_dir) / "dataset_info.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{info_path}: cannot read ({error}).") from error
+    if name not in info:
+        raise DataError(f"{info_path}: no dataset {name!r}.")
+    if "file_name" not in info[name]:
+        raise DataError(f"{info_path}: {name}: {remote_hint}")
+    return info_path, info[name]

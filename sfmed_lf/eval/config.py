@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sfmed_lf.serving.chat_client import ChatEndpoint
+from sfmed_lf.serving.chat_client import EndpointOptions
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class ModelSource:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EndpointOptions):
     output_dir: str
     items: list[str] = field(default_factory=list)  # normalised item files (sfmed eval convert writes them)
     model_a_name: str = "model A"
@@ -31,13 +31,10 @@ class EvalConfig:
     model_b_path: str | None = None
     model_b_endpoint: str | None = None
     model_b_served_name: str | None = None
-    api_key: str | None = None  # sent to every endpoint when set (llamafactory-cli api checks API_KEY)
     system: str | None = None  # default: the sfmed template's instruction (multi-turn one for dialogue history)
     max_new_tokens: int = 512
     batch_size: int = 8  # local models: prompts per generate() call
     concurrency: int = 4  # endpoints: requests in flight
-    request_timeout_s: float = 300.0
-    max_retries: int = 4
     rouge_tokenizer: str = "char"  # or "jieba"
     tie_margin: float = 0.0
     judge_endpoint: str | None = None
@@ -69,12 +66,6 @@ class EvalConfig:
             path=getattr(self, f"model_{label}_path"),
             endpoint=getattr(self, f"model_{label}_endpoint"),
             served_model=getattr(self, f"model_{label}_served_name") or name,
-        )
-
-    def endpoint(self, base_url: str, model: str) -> ChatEndpoint:
-        """A client for ``base_url`` with this config's key, timeout and retries."""
-        return ChatEndpoint(
-            base_url, model, api_key=self.api_key, timeout_s=self.request_timeout_s, max_retries=self.max_retries
         )
 
     def answers_path(self, label: str) -> Path:

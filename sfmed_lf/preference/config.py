@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sfmed_lf.config_files import ConfigError
-from sfmed_lf.serving.chat_client import ChatEndpoint
+from sfmed_lf.serving.chat_client import EndpointOptions
 
 PROMPT_FORMATS = ("alpaca", "conversation")
 
@@ -19,7 +19,7 @@ class Judge:
 
 
 @dataclass
-class PreferenceConfig:
+class PreferenceConfig(EndpointOptions):
     output_dir: str
     # prompts: an SFT file whose questions (with their history and system prompt) are answered anew
     prompts: str | None = None
@@ -41,9 +41,6 @@ class PreferenceConfig:
     min_votes: int = 2  # consistent votes the winner needs (and more than the other answer)
     judge_max_tokens: int = 512
     concurrency: int = 8
-    api_key: str | None = None
-    request_timeout_s: float = 300.0
-    max_retries: int = 4
     # train-rms: K reward models through `llamafactory-cli train` (stage rm), each with its own data order
     rm_yaml: str | None = None
     rm_overrides: list[str] = field(default_factory=list)  # key=value for every run, e.g. model_name_or_path=...
@@ -86,11 +83,6 @@ class PreferenceConfig:
         if not isinstance(value, dict) or set(value) != {"url", "model"}:
             raise ValueError(f"judges: each judge is a mapping with url and model, not {value!r}.")
         return Judge(**value)
-
-    def endpoint(self, url: str, model: str) -> ChatEndpoint:
-        return ChatEndpoint(
-            url, model, api_key=self.api_key, timeout_s=self.request_timeout_s, max_retries=self.max_retries
-        )
 
     @property
     def out(self) -> Path:

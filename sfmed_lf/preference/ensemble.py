@@ -23,6 +23,7 @@ from typing import Any
 from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.judge import PAIRS_DATASET
+from sfmed_lf.preference.pairs import step_output
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.provenance import file_digest
 
@@ -50,8 +51,7 @@ def _cli() -> str:
 
 def train_reward_models(config: PreferenceConfig) -> list[Path]:
     config.require("rm_yaml")
-    if not (config.out / "pairs.jsonl").is_file():
-        raise DataError(f"{config.out / 'pairs.jsonl'}: run `sfmed pref judge` first.")
+    step_output(config.out / "pairs.jsonl", "judge")
     status_path = config.out / "ensemble.json"
     inputs = {
         "pairs": file_digest(config.out / "pairs.jsonl"),

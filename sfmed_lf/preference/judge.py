@@ -21,12 +21,12 @@ from typing import Any
 from tqdm import tqdm
 
 from sfmed_lf.data_prep.minhash import normalize
-from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
+from sfmed_lf.preference.pairs import register, step_output
 from sfmed_lf.preference.sample import RESPONSES
 from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.utils.io import atomic_write_text
-from sfmed_lf.utils.jsonl import ResumableJsonl, read_records
+from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance
 
 PAIRS_DATASET = "sfmed_pref_pairs"
@@ -94,9 +94,7 @@ def decide(votes: list[str | None], min_votes: int) -> tuple[int | None, str | N
 def judge_pairs(config: PreferenceConfig) -> list[Path]:
     config.require("judges")
     out = config.out
-    prompts = [row for _, row in read_records(out / RESPONSES)] if (out / RESPONSES).exists() else []
-    if not prompts:
-        raise DataError(f"{out / RESPONSES}: run `sfmed pref sample` first.")
+    prompts = step_output(out / RESPONSES, "sample")
     cache_path = out / "judgments.jsonl"
     # the judges are the models; their URLs may change between runs (a restarted server)
     judges = [judge.model for judge in config.judges]
@@ -186,20 +184,3 @@ def judge_pairs(config: PreferenceConfig) -> list[Path]:
     atomic_write_text(written[1], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     register(out / "dataset_info.json", PAIRS_DATASET, "pairs.jsonl")
     return written
-
-
-RANKING_COLUMNS = {
-    "prompt": "instruction",
-    "query": "input",
-    "chosen": "chosen",
-    "rejected": "rejected",
-    "history": "history",
-    "system": "system",
-}
-
-
-def register(info_path: Path, name: str, file_name: str) -> None:
-    """Add (or replace) a ranking entry in a dataset_info.json, keeping its other entries."""
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    info[name] = {"file_name": file_name, "ranking": True, "columns": RANKING_COLUMNS}
-    atomic_write_text(info_path, json.dumps(info, ensure_ascii=False, indent=2) + "\n")

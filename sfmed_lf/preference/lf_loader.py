@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sfmed_lf.errors import DataError
-from sfmed_lf.preference.select import pair_key
+from sfmed_lf.preference.pairs import pair_key
 from sfmed_lf.preference.selection import DROP, FLIP, select_actions
 from sfmed_lf.utils.jsonl import read_records
 

@@ -21,8 +21,9 @@ from tqdm import tqdm
 from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.ensemble import rm_dir, value_head_file
+from sfmed_lf.preference.pairs import prompt_messages, step_output
 from sfmed_lf.utils.io import atomic_write_text
-from sfmed_lf.utils.jsonl import ResumableJsonl, read_records
+from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance, file_digest, model_fingerprint
 
 
@@ -35,17 +36,9 @@ class PairEncoder:
         self.tokenizer, self.cutoff_len, self.infer_seqlen = tokenizer, cutoff_len, infer_seqlen
         self.template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
 
-    def truncated(self, pair: dict[str, Any]) -> bool:
-        """Whether prompt + the longer response exceeds cutoff_len (LF truncates such rows as this encoder does)."""
-        chosen, rejected = self(pair, cut=False)
-        return max(len(chosen), len(rejected)) > self.cutoff_len
-
-    def __call__(self, pair: dict[str, Any], cut: bool = True) -> tuple[list[int], list[int]]:
-        prompt = []
-        for question, answer in pair.get("history") or []:
-            prompt += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        question = pair["instruction"] + (f"\n{pair['input']}" if pair.get("input") else "")
-        prompt.append({"role": "user", "content": question})
+    def __call__(self, pair: dict[str, Any]) -> tuple[list[int], list[int], bool]:
+        """(prompt + chosen ids, prompt + rejected ids, whether they were cut to cutoff_len)."""
+        prompt = prompt_messages(pair)
         system = pair.get("system") or None
         prompt_ids, chosen = self.template.encode_oneturn(
             self.tokenizer, [*prompt, {"role": "assistant", "content": pair["chosen"]}], system
@@ -55,11 +48,11 @@ class PairEncoder:
         )
         if self.template.efficient_eos:
             chosen, rejected = [*chosen, self.tokenizer.eos_token_id], [*rejected, self.tokenizer.eos_token_id]
-        if not cut:
-            return prompt_ids + chosen, prompt_ids + rejected
-        source_len, target_len = self.infer_seqlen(len(prompt_ids), max(len(chosen), len(rejected)), self.cutoff_len)
+        longer = max(len(chosen), len(rejected))
+        source_len, target_len = self.infer_seqlen(len(prompt_ids), longer, self.cutoff_len)
+        cut = len(prompt_ids) + longer > self.cutoff_len
         prompt_ids = prompt_ids[:source_len]
-        return prompt_ids + chosen[:target_len], prompt_ids + rejected[:target_len]
+        return prompt_ids + chosen[:target_len], prompt_ids + rejected[:target_len], cut
 
 
 class RewardModel:
@@ -118,9 +111,7 @@ def validate_pairs(path: Path, pairs: list[dict[str, Any]]) -> None:
 
 def score_pairs(config: PreferenceConfig) -> list[Path]:
     pairs_path = config.out / "pairs.jsonl"
-    pairs = [row for _, row in read_records(pairs_path)] if pairs_path.exists() else []
-    if not pairs:
-        raise DataError(f"{config.out / 'pairs.jsonl'}: no judged pairs; run `sfmed pref judge` first.")
+    pairs = step_output(pairs_path, "judge")
     validate_pairs(pairs_path, pairs)
     path = config.out / "scores.jsonl"
     models = [rm_dir(config, i) for i in range(config.num_reward_models)]
@@ -137,15 +128,16 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
             continue
         model = RewardModel(model_dir)
         encoder = PairEncoder(model.tokenizer, config.template, config.cutoff_len)
+        chosen, rejected, truncated = [], [], []
+        for start in range(0, len(pairs), config.score_batch_size):
+            batch_pairs = pairs[start : start + config.score_batch_size]
+            batch = [encoder(pair) for pair in batch_pairs]
+            chosen += model.scores([c for c, _, _ in batch])
+            rejected += model.scores([r for _, r, _ in batch])
+            truncated += [pair["id"] for pair, (_, _, cut) in zip(batch_pairs, batch, strict=True) if cut]
         if index == 0:
-            truncated = [pair["id"] for pair in pairs if encoder.truncated(pair)]
             report = {"pairs": len(pairs), "cutoff_len": config.cutoff_len, "truncated": truncated}
             atomic_write_text(config.out / "score_report.json", json.dumps(report, indent=2) + "\n")
-        chosen, rejected = [], []
-        for start in range(0, len(pairs), config.score_batch_size):
-            batch = [encoder(pair) for pair in pairs[start : start + config.score_batch_size]]
-            chosen += model.scores([c for c, _ in batch])
-            rejected += model.scores([r for _, r in batch])
         output.append(
             {"model": index, "path": str(model_dir), "fingerprint": fingerprint, "chosen": chosen, "rejected": rejected}
         )

@@ -9,34 +9,18 @@ scores, mean, std, action); ``selection_report.json`` with per-decile statistics
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
-from sfmed_lf.preference.judge import register
+from sfmed_lf.preference.pairs import register, row_key, step_output
 from sfmed_lf.preference.selection import DROP, FLIP, select_actions, strengths
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
-from sfmed_lf.utils.jsonl import read_records
 from sfmed_lf.utils.plotting import png_bytes, pyplot
-
-
-def pair_key(prompt: list[str], chosen: str, rejected: str) -> str:
-    """Identity of a pair by its texts (the prompt's turns in order), so a dataset loader can find it again."""
-    payload = json.dumps([prompt, chosen, rejected], ensure_ascii=False)
-    return hashlib.sha1(payload.encode("utf-8")).hexdigest()
-
-
-def prompt_turns(pair: dict[str, Any]) -> list[str]:
-    """system, history turns and the question, as LLaMA-Factory's ranking loader sees them."""
-    question = pair["instruction"] + (f"\n{pair['input']}" if pair.get("input") else "")
-    history = [text for turn in pair.get("history") or [] for text in turn]
-    return [pair.get("system") or "", *history, question]
 
 
 def decile_statistics(mean: np.ndarray) -> list[dict[str, float]]:
@@ -58,11 +42,8 @@ def decile_statistics(mean: np.ndarray) -> list[dict[str, float]]:
 
 def select_pairs(config: PreferenceConfig) -> list[Path]:
     out = config.out
-    pairs = [row for _, row in read_records(out / "pairs.jsonl")] if (out / "pairs.jsonl").exists() else []
-    scored = [row for _, row in read_records(out / "scores.jsonl")] if (out / "scores.jsonl").exists() else []
-    if not pairs or not scored:
-        raise DataError(f"{out}: needs pairs.jsonl and scores.jsonl; run `sfmed pref judge` and `sfmed pref score`.")
-    models = sorted(scored, key=lambda row: row["model"])
+    pairs = step_output(out / "pairs.jsonl", "judge")
+    models = sorted(step_output(out / "scores.jsonl", "score"), key=lambda row: row["model"])
     if len(models) < config.num_reward_models:
         raise DataError(f"{out / 'scores.jsonl'}: {len(models)} of {config.num_reward_models} models scored.")
     chosen = np.array([row["chosen"] for row in models]).T  # [pairs, models]
@@ -77,7 +58,7 @@ def select_pairs(config: PreferenceConfig) -> list[Path]:
         audit.append(
             {
                 "id": pair["id"],
-                "key": pair_key(prompt_turns(pair), pair["chosen"], pair["rejected"]),
+                "key": row_key(pair),
                 "chosen_scores": chosen[index].tolist(),
                 "rejected_scores": rejected[index].tolist(),
                 "mean_strength": float(mean[index]),

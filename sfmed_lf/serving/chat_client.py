@@ -75,6 +75,21 @@ class ChatEndpoint:
         self._client.close()
 
 
+@dataclass(kw_only=True)
+class EndpointOptions:
+    """The endpoint options of every step that asks OpenAI-compatible servers; a base of their YAML configs."""
+
+    api_key: str | None = None  # sent to every endpoint when set (llamafactory-cli api checks API_KEY)
+    request_timeout_s: float = 300.0
+    max_retries: int = 4
+
+    def endpoint(self, base_url: str, model: str) -> ChatEndpoint:
+        """A client for ``base_url`` with these options' key, timeout and retries."""
+        return ChatEndpoint(
+            base_url, model, api_key=self.api_key, timeout_s=self.request_timeout_s, max_retries=self.max_retries
+        )
+
+
 def map_concurrently(function: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:
     """``function`` over ``items`` with at most ``concurrency`` calls in flight; results in input order."""
     items = list(items)
