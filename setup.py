@@ -68,6 +68,8 @@ setup(
         "llamafactory==0.9.5",
         "deepspeed>=0.16",
         "datasketch>=1.6",
+        "numba>=0.61",  # the MinHash and keep-rule kernels of `sfmed data dedup`
+        "datatrove>=0.10",  # `sfmed data dedup` with engine: datatrove (local, Slurm or Ray executors)
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "pyyaml>=6",
@@ -85,6 +87,7 @@ setup(
             "selenium>=4.30",
             "rouge-chinese>=1.0.3",
             "evaluate>=0.4",
+            "rensa>=0.5",  # a peer in benchmarks/bench_dedup.py
         ],
         "metrics": ["evaluate>=0.4"],
     },

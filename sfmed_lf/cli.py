@@ -81,9 +81,9 @@ def _data(args: argparse.Namespace) -> int:
     from sfmed_lf.data_prep import config as data_config
 
     if args.step == "dedup":
-        from sfmed_lf.data_prep.dedup import DedupStep
+        from sfmed_lf.data_prep.dedup import run_dedup
 
-        written = DedupStep(load_config(data_config.DedupConfig, args.config, args.overrides)).run()
+        written = run_dedup(load_config(data_config.DedupConfig, args.config, args.overrides))
     elif args.step == "mix":
         from sfmed_lf.data_prep.mix import run_mix
 

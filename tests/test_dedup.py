@@ -1,92 +1,205 @@
-"""MinHash-LSH near-duplicate removal: signatures against their definition and against exact Jaccard, quality on
-edited copies of real records, and `sfmed data dedup` end to end (within, then across datasets; resumable)."""
+"""Near-duplicate removal: signatures against their definition, exact confirmation at the threshold, no chaining,
+whole-content comparison of ranking and multi-turn rows, quality on planted copies and boilerplate, `sfmed data
+dedup` end to end (within, then across datasets; resumable; errors), and the datatrove engine against the native
+one across task and worker counts."""
 
 from __future__ import annotations
 
 import json
 import random
+import unicodedata
 
 import numpy as np
 import pytest
 
-from sfmed_lf.data_prep.lsh import band_parameters, duplicate_clusters
-from sfmed_lf.data_prep.minhash import MinHasher, normalize
-from sfmed_lf.data_prep.perturb import EDITS, near_duplicate
+from sfmed_lf.data_prep.config import DedupConfig
+from sfmed_lf.data_prep.dedup import DedupStep, dedup_texts
+from sfmed_lf.data_prep.lsh import band_parameters, collision_probability
+from sfmed_lf.data_prep.minhash import MinHasher, exact_jaccard, normalize, normalize_batch
+from sfmed_lf.data_prep.perturb import (
+    boilerplate_consultation,
+    consultation,
+    edited_copy,
+    planted_copies,
+)
 from tests.helpers import REALDATA, read_json, run
 
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"{REALDATA} is absent")
 GENERAL = "高血压患者应当低盐饮食，规律服药，定期监测血压。糖尿病患者要控制饮食，适量运动，按时复查血糖。"
+MASK = 2**64 - 1
+
+
+def config(**overrides: object) -> DedupConfig:
+    return DedupConfig(datasets=["-"], output_dir="-", **overrides)
+
+
+def fmix64(value: int) -> int:
+    value ^= value >> 33
+    value = (value * 0xFF51AFD7ED558CCD) & MASK
+    value ^= value >> 33
+    value = (value * 0xC4CEB9FE1A85EC53) & MASK
+    return value ^ (value >> 33)
 
 
 def reference_signature(hasher: MinHasher, text: str) -> np.ndarray:
-    """The signature by its definition, one text and one shingle at a time in Python integers."""
+    """The signature by its definition, one shingle at a time in Python integers."""
     codes = [ord(c) for c in normalize(text)]
     width = min(hasher.ngram, len(codes))
     shingles = []
     for start in range(max(len(codes) - width + 1, 1)):
         value = width
         for code in codes[start : start + width]:
-            value = (value * 0x100000001B3 + code) % 2**64
-        shingles.append(value if width else 0)
+            value = (value * 0x100000001B3 + code) & MASK
+        shingles.append(fmix64(value))
     return np.array(
         [
-            min(((int(a) * s + int(b)) % 2**64) >> 32 for s in shingles)
-            for a, b in zip(hasher.a[:, 0], hasher.b[:, 0], strict=True)
+            min(min(((int(a) * s + int(b)) & MASK) >> 32 for s in shingles), 0xFFFFFFFE)
+            for a, b in zip(hasher.a, hasher.b, strict=True)
         ],
         dtype=np.uint32,
     )
 
 
-def test_batched_signatures_equal_their_definition():
-    texts = ["", "短", "两字", GENERAL, GENERAL[::-1], "Ａｓｐｉｒｉｎ，每日一次！", "aspirin每日一次"]
+def test_signatures_equal_their_definition_and_normalisation_is_nfkc():
+    texts = [
+        "",
+        "短",
+        "两字",
+        GENERAL,
+        GENERAL[::-1] * 3,
+        "Ａｓｐｉｒｉｎ，每日一次！",
+        "aspirin每日一次",
+        "体温38℃，①",
+    ]
     hasher = MinHasher(num_perm=32, ngram=3, seed=7)
-    signatures = hasher.signatures(texts, block=16)  # tiny blocks: many groups, groups of one long text
+    signatures = hasher.signatures(texts)
     for text, signature in zip(texts, signatures, strict=True):
         assert (signature == reference_signature(hasher, text)).all(), text
     assert (signatures[5] == signatures[6]).all(), "full-width letters, case and punctuation are normalised away"
+    tricky = [*texts, "ｅ\u0301\u3000ｘ", "e<\u0301", "\ud800孤立", "ﬁ℃㎎"]
+    assert normalize_batch(tricky) == [normalize(t) for t in tricky]
+    assert normalize("体温38℃") == unicodedata.normalize("NFKC", "体温38°c").replace("°", "")
 
 
-def test_signature_agreement_estimates_jaccard():
+def test_signature_agreement_estimates_jaccard_without_bias():
     generator = random.Random(0)
     hasher = MinHasher(num_perm=256, ngram=3)
     errors = []
-    for _ in range(40):
-        first = "".join(generator.choice("甲乙丙丁戊己庚辛壬癸子丑") for _ in range(120))
-        second = near_duplicate(first, generator.choice(["insert", "delete"]), generator)
-        a, b = ({t[i : i + 3] for i in range(len(t) - 2)} for t in (first, second))
-        exact = len(a & b) / len(a | b)
+    for _ in range(60):
+        first = consultation(generator)
+        second = edited_copy(first, generator.choice([0.03, 0.08, 0.15]), generator)
         estimate = np.mean(hasher.signatures([first])[0] == hasher.signatures([second])[0])
-        errors.append(abs(estimate - exact))
-    assert np.mean(errors) < 0.03 and max(errors) < 0.1
+        errors.append(estimate - exact_jaccard(first, second, 3))
+    assert abs(np.mean(errors)) < 0.015 and np.std(errors) < 0.045, (np.mean(errors), np.std(errors))
 
 
-def test_band_parameters_fit_the_signature():
-    for threshold in (0.5, 0.7, 0.9):
+def test_banding_finds_pairs_at_the_threshold():
+    for threshold in (0.5, 0.72, 0.9):
         bands, rows = band_parameters(threshold, 128)
         assert bands * rows <= 128
-        assert abs((1 / bands) ** (1 / rows) - threshold) < 0.15, "the S-curve's midpoint sits near the threshold"
+        assert collision_probability(threshold, bands, rows) >= 0.99
 
 
-@needs_realdata
-def test_precision_and_recall_on_edited_real_records():
-    originals = []
-    for line in (REALDATA / "toyhom_cmdd_im_sample.jsonl").open():
-        row = json.loads(line)
-        originals.append(row["ask"] + row["answer"])
-    for line in (REALDATA / "medicalgpt_sft_medical.jsonl").open():
-        originals.append("".join(turn["value"] for turn in json.loads(line)["conversations"]))
-    originals = list(dict.fromkeys(t for t in originals if len(t) >= 20))
-    generator = random.Random(1)
-    records, planted = list(originals), set()
-    for index in generator.sample(range(len(originals)), len(originals) // 2):
-        planted.add(len(records))
-        records.append(near_duplicate(originals[index], generator.choice(EDITS), generator))
-    signatures = MinHasher(num_perm=128, ngram=3, seed=1).signatures(records)
-    clusters = duplicate_clusters(signatures, threshold=0.7)
-    removed = {member for cluster in clusters for member in cluster[1:]}
-    assert all(cluster[0] < len(originals) for cluster in clusters), "the first occurrence (the original) is kept"
-    precision, recall = len(removed & planted) / len(removed), len(removed & planted) / len(planted)
-    assert precision >= 0.95 and recall >= 0.90, (precision, recall)
+def test_confirmation_is_exact_at_the_threshold():
+    """Copies whose exact Jaccard lies just above the threshold are all removed, those just below all kept: an
+    estimate (sd ~0.04 at 128 permutations) would lose about half of either side."""
+    generator = random.Random(5)
+    settings = config(ngram=2, threshold=0.72)
+    originals, above, below = [], [], []
+    while len(above) < 60 or len(below) < 60:
+        original = consultation(generator)
+        copy = edited_copy(original, generator.uniform(0.05, 0.12), generator)
+        similarity = exact_jaccard(original, copy, 2)
+        side = above if 0.72 <= similarity < 0.75 else below if 0.69 <= similarity < 0.72 else None
+        if side is not None and len(side) < 60:
+            side.append(len(originals) + 1)
+            originals += [original, copy]
+    result = dedup_texts(originals, settings)
+    assert result.kept[below].all(), "a copy below the threshold was removed"
+    assert (~result.kept[above]).mean() >= 0.98, (~result.kept[above]).mean()
+    removed = np.flatnonzero(~result.kept)
+    for index in removed:
+        assert (
+            abs(result.similarity[index] - exact_jaccard(originals[index], originals[result.kept_for[index]], 2)) < 1e-9
+        )
+
+
+def test_no_chaining_on_overlapping_windows():
+    """Windows sliding two characters at a time over one long text: each is similar to its neighbours only. A
+    connected-components rule keeps one; ours keeps one whenever the distance to the last kept one grows too big,
+    and every removed window is within the threshold of its kept window."""
+    generator = random.Random(2)
+    text = "".join(consultation(generator) for _ in range(60))
+    windows = [text[start * 2 : start * 2 + 200] for start in range(4000)]
+    settings = config()
+    result = dedup_texts(windows, settings)
+    kept = int(result.kept.sum())
+    assert 4000 / 30 < kept < 4000 / 5, kept  # about one window per 40-60 characters of text
+    for index in np.flatnonzero(~result.kept)[::97]:
+        partner = result.kept_for[index]
+        assert result.kept[partner] and partner < index
+        assert exact_jaccard(windows[index], windows[partner], settings.ngram) >= settings.threshold
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_quality_on_planted_copies_and_boilerplate(seed):
+    generator = random.Random(seed)
+    settings = config()
+    for make, name in ((consultation, "edited"), (boilerplate_consultation, "boilerplate")):
+        planted = planted_copies([make(generator) for _ in range(700)], (0.02, 0.05, 0.08), 70, generator)
+        result = dedup_texts(planted.records, settings)
+        copies = np.array(planted.copy_of) >= 0
+        removed = ~result.kept
+        recall = (removed & copies).sum() / copies.sum()
+        precision = (removed & copies).sum() / max(removed.sum(), 1)
+        assert recall >= 0.95 and precision >= 0.99, (name, recall, precision)
+        assert (result.kept_for[removed & copies] == np.array(planted.copy_of)[removed & copies]).mean() > 0.95
+
+
+def write_rows(path, rows):
+    if path.suffix == ".json":
+        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_ranking_and_multi_turn_rows_are_compared_on_their_whole_content(tmp_path):
+    generator = random.Random(3)
+    prompt = consultation(generator).split("\n")[0]
+    answers = [consultation(generator).split("\n")[1] for _ in range(4)]
+    pairs = [
+        {"instruction": prompt, "input": "", "chosen": answers[0], "rejected": answers[1]},
+        {"instruction": prompt, "input": "", "chosen": answers[2], "rejected": answers[3]},  # same prompt only
+        {"instruction": prompt, "input": "", "chosen": answers[0], "rejected": answers[1] + "。"},  # a copy
+        {
+            "conversations": [{"from": "human", "value": prompt}],
+            "chosen": {"from": "gpt", "value": answers[2]},
+            "rejected": {"from": "gpt", "value": answers[0]},
+        },
+    ]
+    turns = [consultation(generator).split("\n") for _ in range(3)]
+    dialogues = [
+        {
+            "conversations": [
+                {"from": r, "value": v} for r, v in zip(("human", "gpt") * 2, [*turns[0], *turns[1]], strict=True)
+            ]
+        },
+        {
+            "conversations": [
+                {"from": r, "value": v} for r, v in zip(("human", "gpt") * 2, [*turns[0], *turns[2]], strict=True)
+            ]
+        },
+    ]
+    out = tmp_path / "out"
+    settings = DedupConfig(
+        datasets=[str(write_rows(tmp_path / "pairs.json", pairs)), str(write_rows(tmp_path / "chat.jsonl", dialogues))],
+        output_dir=str(out),
+        num_proc=1,
+    )
+    DedupStep(settings).run()
+    assert json.loads((out / "pairs.json").read_text()) == [pairs[0], pairs[1], pairs[3]]
+    assert [json.loads(line) for line in (out / "chat.jsonl").read_text().splitlines()] == dialogues
 
 
 def test_dedup_within_then_across_datasets(tmp_path):
@@ -112,18 +225,8 @@ def test_dedup_within_then_across_datasets(tmp_path):
                 {"from": "gpt", "value": "建议心内科就诊。"},
             ]
         },
-        {
-            "conversations": [
-                {"from": "human", "value": "我头晕。"},
-                {"from": "gpt", "value": "血压多少？"},
-                {"from": "human", "value": "一百二。"},
-                {"from": "gpt", "value": "建议神经内科就诊，查头颅CT。"},
-            ]
-        },
     ]
-    first, second = tmp_path / "consult.json", tmp_path / "dialogues.jsonl"
-    first.write_text(json.dumps(consult, ensure_ascii=False))
-    second.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogues))
+    first, second = write_rows(tmp_path / "consult.json", consult), write_rows(tmp_path / "dialogues.jsonl", dialogues)
     out = tmp_path / "out"
     args = [
         "sfmed",
@@ -139,38 +242,75 @@ def test_dedup_within_then_across_datasets(tmp_path):
     assert report["datasets"]["consult.json"] == {
         "records": 5,
         "removed_within": 2,
-        "short_records": 0,
-        "kept": 3,
         "removed_across": 0,
+        "kept": 3,
+        "short_records": 0,
     }
     assert report["datasets"]["dialogues.jsonl"]["removed_across"] == 1, "the hand-foot-mouth answer is in both"
-    kept = json.loads((out / "consult.json").read_text())
-    assert kept == [consult[0], consult[2], consult[4]], "first occurrences, in order, rows unchanged"
-    kept_dialogues = [json.loads(line) for line in (out / "dialogues.jsonl").read_text().splitlines()]
-    assert kept_dialogues == dialogues[1:], "multi-turn dialogues differing in later turns are both kept"
+    assert report["clusters"]["sizes"] == {"2": 3}
+    assert json.loads((out / "consult.json").read_text()) == [consult[0], consult[2], consult[4]]
     clusters = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
-    assert {(c["stage"], c["kept"], tuple(c["removed"])) for c in clusters} == {
-        ("within", "consult.json:1", ("consult.json:2",)),
-        ("within", "consult.json:3", ("consult.json:4",)),
-        ("across", "consult.json:5", ("dialogues.jsonl:1",)),
-    }
-    chunks = sorted((out / ".signatures").glob("consult.json.*.npy"))
+    assert [(c["stage"], c["kept"], c["removed"]) for c in clusters] == [
+        ("within", "consult.json:1", ["consult.json:2"]),
+        ("within", "consult.json:3", ["consult.json:4"]),
+        ("across", "consult.json:5", ["dialogues.jsonl:1"]),
+    ]
+    assert all(s >= report["parameters"]["threshold"] for c in clusters for s in c["similarity"])
+    chunks = sorted((out / ".signatures").glob("consult.json.*.npz"))
     assert len(chunks) == 3, "signatures cached per chunk"
     chunks[-1].unlink()  # as if killed before the last chunk
     (out / "dedup_report.json").unlink()
     run(args)
-    assert read_json(out / "dedup_report.json") == report
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "q"}\n')
-    result = run(
-        [
-            "sfmed",
-            "data",
-            "dedup",
-            "examples/yaml/tiny/dedup.yaml",
-            f"datasets=[{bad}]",
-            f"output_dir={tmp_path / 'bad_out'}",
-        ],
-        check=False,
-    )
+    rerun = read_json(out / "dedup_report.json")
+    assert {k: v for k, v in rerun.items() if k != "seconds"} == {k: v for k, v in report.items() if k != "seconds"}
+    bad = write_rows(tmp_path / "bad.jsonl", [{"prompt": "q"}])
+    result = run(["sfmed", "data", "dedup", f"datasets=[{bad}]", f"output_dir={tmp_path / 'bad_out'}"], check=False)
     assert result.returncode == 2 and "bad.jsonl: row 1: no 'text', 'conversations'" in result.stderr
+    result = run(["sfmed", "data", "dedup", f"datasets=[{first}]", f"output_dir={tmp_path}"], check=False)
+    assert result.returncode == 2 and "would overwrite this input" in result.stderr
+
+
+@pytest.mark.slow
+def test_datatrove_engine_equals_native_across_tasks_and_workers(tmp_path):
+    from sfmed_lf.data_prep.dedup_datatrove import DatatroveDedup
+
+    generator = random.Random(4)
+    planted = planted_copies([boilerplate_consultation(generator) for _ in range(150)], (0.03, 0.08), 20, generator)
+    half = len(planted.records) // 2
+    first = write_rows(tmp_path / "a.json", [{"instruction": t, "output": ""} for t in planted.records[:half]])
+    second = write_rows(tmp_path / "b.jsonl", [{"text": t} for t in planted.records[half:]])
+    outputs = {}
+    for name, engine, tasks, workers in (
+        ("native", "native", 1, 1),
+        ("dt1", "datatrove", 1, 1),
+        ("dt3", "datatrove", 3, 2),
+    ):
+        settings = DedupConfig(
+            datasets=[str(first), str(second)],
+            output_dir=str(tmp_path / name),
+            engine=engine,
+            tasks=tasks,
+            workers=workers,
+            num_proc=1,
+        )
+        (DatatroveDedup(settings) if engine == "datatrove" else DedupStep(settings)).run()
+        outputs[name] = [(tmp_path / name / f).read_text() for f in ("a.json", "b.jsonl", "removed.jsonl")]
+    assert outputs["dt1"] == outputs["native"] and outputs["dt3"] == outputs["native"]
+    removed = json.loads(outputs["native"][2].splitlines()[0])
+    assert removed["removed"], "the planted copies are found"
+
+
+@needs_realdata
+def test_edited_copies_of_real_records_are_found():
+    originals = []
+    for line in (REALDATA / "toyhom_cmdd_im_sample.jsonl").open(encoding="utf-8"):
+        row = json.loads(line)
+        originals.append(row["ask"] + "\n" + row["answer"])
+    for line in (REALDATA / "medicalgpt_sft_medical.jsonl").open(encoding="utf-8"):
+        originals.append("\n".join(turn["value"] for turn in json.loads(line)["conversations"]))
+    originals = list(dict.fromkeys(t for t in originals if len(t) >= 40))
+    planted = planted_copies(originals, (0.02, 0.05, 0.08), len(originals) // 6, random.Random(1))
+    result = dedup_texts(planted.records, config())
+    copies, removed = np.array(planted.copy_of) >= 0, ~result.kept
+    precision, recall = (removed & copies).sum() / removed.sum(), (removed & copies).sum() / copies.sum()
+    assert precision >= 0.99 and recall >= 0.95, (precision, recall)

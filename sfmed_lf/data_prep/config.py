@@ -6,18 +6,30 @@ from dataclasses import dataclass
 
 from sfmed_lf.serving.chat_client import EndpointOptions
 
+DEDUP_ENGINES = ("native", "datatrove")
+DATATROVE_EXECUTORS = ("local", "slurm", "ray")
+
 
 @dataclass
 class DedupConfig:
-    datasets: list[str]  # LLaMA-Factory data files (alpaca/sharegpt .json/.jsonl, or {"text": ...} rows)
+    """Near-duplicate removal (SF-Med §3.2); the defaults are chosen on ``benchmarks/bench_dedup.py --quality``."""
+
+    datasets: list[str]  # LLaMA-Factory data files (alpaca/sharegpt, SFT or ranking, .json/.jsonl; or {"text"} rows)
     output_dir: str
-    ngram: int = 3  # characters per shingle
-    num_perm: int = 128
-    threshold: float = 0.7  # Jaccard similarity of shingle sets at which two records are near-duplicates
+    ngram: int = 2  # characters per shingle (of the normalised text)
+    num_perm: int = 128  # MinHash permutations (signature length)
+    threshold: float = 0.72  # exact Jaccard of the shingle sets at which a record is a near-duplicate of a kept one
+    bands: int | None = None  # LSH bands of num_perm // bands rows; None: fitted to find pairs at the threshold
+    max_scan: int = 200  # kept records one record is compared with per shared bucket (counted when reached)
     seed: int = 1
-    num_proc: int = 2
+    num_proc: int = 2  # processes computing signatures (native engine)
     chunk_size: int = 20000  # records per worker task (and per resumable signature file)
     cross_dataset: bool = True  # second pass over the union of what each dataset kept (SF-Med §3.2)
+    engine: str = "native"  # native: this process and a pool; datatrove: datatrove's MinHash pipeline stages
+    executor: str = "local"  # datatrove executor: local (LocalPipelineExecutor), slurm or ray
+    tasks: int = 4  # datatrove tasks of the per-record stages (signatures, candidate texts, filter)
+    workers: int = 2  # datatrove local workers (processes) running those tasks
+    executor_options: dict | None = None  # extra arguments of SlurmPipelineExecutor / RayPipelineExecutor
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str):
@@ -29,9 +41,15 @@ class DedupConfig:
             raise ValueError(f"datasets must have distinct file names (outputs are named after them): {names}.")
         if not 0 < self.threshold <= 1:
             raise ValueError("threshold must lie in (0, 1].")
-        for name in ("ngram", "num_perm", "num_proc", "chunk_size"):
+        for name in ("ngram", "num_perm", "num_proc", "chunk_size", "max_scan", "tasks", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1.")
+        if self.bands is not None and not 1 <= self.bands <= self.num_perm:
+            raise ValueError(f"bands must lie in [1, num_perm={self.num_perm}].")
+        if self.engine not in DEDUP_ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(DEDUP_ENGINES)}.")
+        if self.executor not in DATATROVE_EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(DATATROVE_EXECUTORS)}.")
 
 
 MIX_STRATEGIES = ("interleave_under", "interleave_over")

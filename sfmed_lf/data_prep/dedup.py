@@ -1,18 +1,22 @@
-"""Near-duplicate removal (SF-Med §3.2): MinHash + LSH on character n-grams, first inside each dataset, then across
-the union of what each dataset kept. The first occurrence of a cluster is kept (datasets in the order given).
+"""Near-duplicate removal (SF-Med §3.2): MinHash-LSH candidates over character n-grams, confirmed by exact
+Jaccard, first inside each dataset, then across the union of what each dataset kept. A record is removed only when
+it is within the threshold of the earlier record kept for it (``keep.py``: no chains).
 
 Outputs in ``output_dir``: one file per input with the kept rows (same name and format), ``removed.jsonl`` (per
-cluster: stage, kept id, removed ids, estimated Jaccard of each to the kept one) and ``dedup_report.json``.
-Signatures are computed by a process pool in chunks and cached per chunk under ``.signatures/``, so a killed run
-re-computes only the chunks it had not finished.
+kept record and stage: the records removed for it and the exact Jaccard of each to it) and ``dedup_report.json``
+(counts, cluster sizes, similarity quantiles, comparison counters). Signatures and normalised texts are computed by
+a process pool in chunks and cached per chunk under ``.signatures/`` (keyed by the input's content and the
+parameters), so a killed run re-computes only the chunks it had not finished. ``engine: datatrove`` runs the same
+parameters and keep rule as datatrove pipeline stages (``dedup_datatrove.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +24,104 @@ import numpy as np
 from tqdm import tqdm
 
 from sfmed_lf.data_prep.config import DedupConfig
-from sfmed_lf.data_prep.lsh import duplicate_clusters
-from sfmed_lf.data_prep.minhash import MinHasher
+from sfmed_lf.data_prep.keep import KeepResult, keep_first
+from sfmed_lf.data_prep.lsh import band_parameters, buckets
+from sfmed_lf.data_prep.minhash import MinHasher, encode
 from sfmed_lf.data_prep.records import record_text
 from sfmed_lf.errors import DataError
-from sfmed_lf.utils.io import atomic_write_npy, atomic_write_text
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.jsonl import read_records
-from sfmed_lf.utils.provenance import check_provenance
+from sfmed_lf.utils.provenance import check_provenance, file_digest
+
+NORMALISATION_VERSION = 2  # bump when normalisation or shingle hashing changes: cached signatures become stale
 
 
-def chunk_signatures(args: tuple[list[str], int, int, int]) -> np.ndarray:
+@dataclass
+class Dataset:
+    path: str
+    rows: list[dict[str, Any]]
+    texts: list[str]
+    ids: list[str]
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def read_dataset(path: str) -> Dataset:
+    """The rows of one LF data file, the whole text of each (every turn, both answers of a ranking row) and ids."""
+    numbered = read_records(path)
+    return Dataset(
+        path=path,
+        rows=[row for _, row in numbered],
+        texts=[record_text(path, number, row) for number, row in numbered],
+        ids=[f"{Path(path).name}:{number}" for number, _ in numbered],
+    )
+
+
+@dataclass
+class Encoded:
+    """Signatures (records, num_perm) and normalised code points (flat, with per-record offsets)."""
+
+    signatures: np.ndarray
+    codes: np.ndarray
+    offsets: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: list[Encoded], num_perm: int) -> Encoded:
+        if not parts:
+            return Encoded(np.empty((0, num_perm), np.uint32), np.empty(0, np.uint32), np.zeros(1, np.int64))
+        offsets, shift = [np.zeros(1, dtype=np.int64)], 0
+        for part in parts:
+            offsets.append(part.offsets[1:] + shift)
+            shift += int(part.offsets[-1])
+        return Encoded(
+            signatures=np.concatenate([p.signatures for p in parts]),
+            codes=np.concatenate([p.codes for p in parts]),
+            offsets=np.concatenate(offsets),
+        )
+
+
+def encode_chunk(args: tuple[list[str], int, int, int]) -> Encoded:
     texts, num_perm, ngram, seed = args
-    return MinHasher(num_perm, ngram, seed).signatures(texts)
+    codes, offsets = encode(texts)
+    return Encoded(MinHasher(num_perm, ngram, seed).signatures_of_codes(codes, offsets), codes, offsets)
 
 
-def _file_fingerprint(path: str) -> list[int]:
-    stat = os.stat(path)
-    return [stat.st_size, stat.st_mtime_ns]
+def _save(path: Path, encoded: Encoded) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, signatures=encoded.signatures, codes=encoded.codes, offsets=encoded.offsets)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load(path: Path) -> Encoded:
+    with np.load(path) as archive:
+        return Encoded(archive["signatures"], archive["codes"], archive["offsets"])
+
+
+def fitted_bands(config: DedupConfig) -> tuple[int, int]:
+    if config.bands is not None:
+        return config.bands, config.num_perm // config.bands
+    return band_parameters(config.threshold, config.num_perm)
+
+
+def dedup_texts(texts: list[str], config: DedupConfig, dataset: np.ndarray | None = None) -> KeepResult:
+    """The native engine on texts in memory (benchmarks, tests): which are kept, and for whom the others go."""
+    encoded = encode_chunk((texts, config.num_perm, config.ngram, config.seed))
+    bands, rows = fitted_bands(config)
+    return keep_first(
+        buckets(encoded.signatures, bands, rows),
+        encoded.signatures,
+        encoded.codes,
+        encoded.offsets,
+        np.zeros(len(texts), dtype=np.int32) if dataset is None else dataset,
+        ngram=config.ngram,
+        threshold=config.threshold,
+        max_scan=config.max_scan,
+        cross_dataset=config.cross_dataset,
+    )
 
 
 class DedupStep:
@@ -44,16 +129,17 @@ class DedupStep:
         self.config = config
         self.out = Path(config.output_dir)
 
-    def signatures(self, path: str, texts: list[str]) -> np.ndarray:
-        """Signatures of one dataset, chunk by chunk through the pool, each chunk cached once computed."""
+    def encoded(self, dataset: Dataset) -> Encoded:
+        """Signatures and normalised texts of one dataset, chunk by chunk through the pool, each chunk cached."""
         config = self.config
-        cache = self.out / ".signatures" / Path(path).name
+        cache = self.out / ".signatures" / dataset.name
         inputs = {
-            "file": _file_fingerprint(path),
+            "file_sha256": file_digest(dataset.path),
             "ngram": config.ngram,
             "num_perm": config.num_perm,
             "seed": config.seed,
             "chunk_size": config.chunk_size,
+            "normalisation": NORMALISATION_VERSION,
         }
         try:
             check_provenance(cache, inputs)
@@ -61,87 +147,143 @@ class DedupStep:
             for stale in cache.parent.glob(f"{cache.name}.*"):
                 stale.unlink()
             check_provenance(cache, inputs)
+        texts = dataset.texts
         chunks = [texts[start : start + config.chunk_size] for start in range(0, len(texts), config.chunk_size)]
-        files = [cache.parent / f"{cache.name}.{index}.npy" for index in range(len(chunks))]
+        files = [cache.parent / f"{cache.name}.{index}.npz" for index in range(len(chunks))]
         todo = [index for index, file in enumerate(files) if not file.exists()]
-        with (
-            ProcessPoolExecutor(max_workers=config.num_proc) as pool,
-            tqdm(total=len(texts), desc=f"MinHash {Path(path).name}", unit="record") as progress,
-        ):
+        with tqdm(total=len(texts), desc=f"MinHash {dataset.name}", unit="record") as progress:
             progress.update(len(texts) - sum(len(chunks[i]) for i in todo))
             jobs = [(chunks[i], config.num_perm, config.ngram, config.seed) for i in todo]
-            for index, signature in zip(todo, pool.map(chunk_signatures, jobs), strict=True):
-                atomic_write_npy(files[index], signature)
-                progress.update(len(chunks[index]))
-        if not chunks:
-            return np.empty((0, config.num_perm), dtype=np.uint32)
-        return np.concatenate([np.load(file) for file in files])
+            if config.num_proc == 1 or len(jobs) <= 1:
+                results = map(encode_chunk, jobs)
+                pool = None
+            else:
+                pool = ProcessPoolExecutor(max_workers=config.num_proc)
+                results = pool.map(encode_chunk, jobs)
+            try:
+                for index, encoded in zip(todo, results, strict=True):
+                    _save(files[index], encoded)
+                    progress.update(len(chunks[index]))
+            finally:
+                if pool is not None:
+                    pool.shutdown()
+        return Encoded.concatenate([_load(file) for file in files], config.num_perm)
 
     def run(self) -> list[Path]:
         config = self.config
-        datasets = []
-        for path in config.datasets:
-            rows = read_records(path)
-            texts = [record_text(path, number, row) for number, row in rows]
-            ids = [f"{Path(path).name}:{number}" for number, _ in rows]
-            datasets.append({"path": path, "rows": rows, "ids": ids, "signatures": self.signatures(path, texts)})
-        removed_rows, report = [], {"parameters": asdict(config), "datasets": {}}
-        for dataset in datasets:
-            clusters = duplicate_clusters(dataset["signatures"], config.threshold)
-            dataset["kept"] = _kept_after(len(dataset["ids"]), clusters)
-            removed_rows += _cluster_rows("within", clusters, dataset["ids"], dataset["signatures"])
-            report["datasets"][Path(dataset["path"]).name] = {
-                "records": len(dataset["ids"]),
-                "removed_within": len(dataset["ids"]) - len(dataset["kept"]),
-                "short_records": sum(
-                    len(record_text(dataset["path"], n, r)) < config.ngram for n, r in dataset["rows"]
-                ),
-            }
-        if config.cross_dataset:
-            owners = [(d, i) for d in datasets for i in sorted(d["kept"])]
-            union = np.stack([d["signatures"][i] for d, i in owners]) if owners else np.empty((0, config.num_perm))
-            union_ids = [d["ids"][i] for d, i in owners]
-            clusters = duplicate_clusters(union, config.threshold)
-            removed_rows += _cluster_rows("across", clusters, union_ids, union)
-            for cluster in clusters:
-                for member in cluster[1:]:
-                    dataset, index = owners[member]
-                    dataset["kept"].discard(index)
-        written = []
-        for dataset in datasets:
-            name = Path(dataset["path"]).name
-            kept_rows = [row for index, (_, row) in enumerate(dataset["rows"]) if index in dataset["kept"]]
-            entry = report["datasets"][name]
-            entry["kept"] = len(kept_rows)
-            entry["removed_across"] = entry["records"] - entry["removed_within"] - entry["kept"]
-            written.append(_write_rows(self.out / name, kept_rows))
-        totals = {key: sum(d[key] for d in report["datasets"].values()) for key in ("records", "kept")}
-        report["total"] = {**totals, "removed": totals["records"] - totals["kept"]}
-        atomic_write_text(
-            self.out / "removed.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed_rows)
+        started = time.perf_counter()
+        check_outputs_are_not_inputs(self.out, config.datasets)
+        datasets = [read_dataset(path) for path in config.datasets]
+        encoded = Encoded.concatenate([self.encoded(dataset) for dataset in datasets], config.num_perm)
+        membership = np.concatenate(
+            [np.full(len(d.rows), index, dtype=np.int32) for index, d in enumerate(datasets)] or [np.empty(0, np.int32)]
         )
-        atomic_write_text(self.out / "dedup_report.json", json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-        return [*written, self.out / "removed.jsonl", self.out / "dedup_report.json"]
+        bands, rows = fitted_bands(config)
+        print(f"sfmed data dedup: {len(membership)} records, LSH {bands} bands x {rows} rows", flush=True)
+        found = buckets(encoded.signatures, bands, rows)
+        result = keep_first(
+            found,
+            encoded.signatures,
+            encoded.codes,
+            encoded.offsets,
+            membership,
+            ngram=config.ngram,
+            threshold=config.threshold,
+            max_scan=config.max_scan,
+            cross_dataset=config.cross_dataset,
+        )
+        kept_rows, first = [], 0
+        for dataset in datasets:
+            kept = result.kept[first : first + len(dataset.rows)]
+            kept_rows.append([row for row, keep in zip(dataset.rows, kept, strict=True) if keep])
+            first += len(dataset.rows)
+        return write_outputs(
+            self.out,
+            config,
+            [d.name for d in datasets],
+            [record_id for d in datasets for record_id in d.ids],
+            kept_rows,
+            [len(d.rows) for d in datasets],
+            result,
+            np.diff(encoded.offsets) < config.ngram,
+            {
+                "buckets": {"count": found.count, "largest": int(found.sizes().max(initial=0))},
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
 
 
-def _kept_after(size: int, clusters: list[list[int]]) -> set[int]:
-    removed = {member for cluster in clusters for member in cluster[1:]}
-    return set(range(size)) - removed
+def check_outputs_are_not_inputs(out: Path, paths: list[str]) -> None:
+    for path in paths:
+        if (out / Path(path).name).resolve() == Path(path).resolve():
+            raise DataError(f"{path}: output_dir {out} would overwrite this input; choose another output_dir.")
 
 
-def _cluster_rows(
-    stage: str, clusters: list[list[int]], ids: list[str], signatures: np.ndarray
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "stage": stage,
-            "cluster": f"{stage}-{number}",
-            "kept": ids[cluster[0]],
-            "removed": [ids[m] for m in cluster[1:]],
-            "similarity": [round(float(np.mean(signatures[m] == signatures[cluster[0]])), 4) for m in cluster[1:]],
+def write_outputs(
+    out: Path,
+    config: DedupConfig,
+    names: list[str],
+    ids: list[str],
+    kept_rows: list[list[dict[str, Any]]],
+    dataset_sizes: list[int],
+    result: KeepResult,
+    short: np.ndarray,
+    extra: dict[str, Any],
+) -> list[Path]:
+    """Kept rows per input file, ``removed.jsonl`` and ``dedup_report.json`` (shared by both engines)."""
+    bands, rows = fitted_bands(config)
+    report: dict[str, Any] = {
+        "parameters": {**asdict(config), "bands": bands, "rows_per_band": rows},
+        "datasets": {},
+    }
+    written, first = [], 0
+    for name, size, kept_of_dataset in zip(names, dataset_sizes, kept_rows, strict=True):
+        last = first + size
+        stage = result.stage[first:last]
+        report["datasets"][name] = {
+            "records": size,
+            "removed_within": int((stage == 1).sum()),
+            "removed_across": int((stage == 2).sum()),
+            "kept": int(result.kept[first:last].sum()),
+            "short_records": int(short[first:last].sum()),
         }
-        for number, cluster in enumerate(clusters)
+        written.append(_write_rows(out / name, kept_of_dataset))
+        first = last
+    clusters: dict[tuple[int, int], list[int]] = {}
+    for index in np.flatnonzero(~result.kept):
+        clusters.setdefault((int(result.stage[index]), int(result.kept_for[index])), []).append(int(index))
+    stage_names = {1: "within", 2: "across"}
+    lines = [
+        json.dumps(
+            {
+                "stage": stage_names[stage],
+                "kept": ids[kept],
+                "removed": [ids[m] for m in members],
+                "similarity": [round(float(result.similarity[m]), 4) for m in members],
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+        for (stage, kept), members in sorted(clusters.items())
     ]
+    atomic_write_text(out / "removed.jsonl", "".join(lines))
+    similarities = result.similarity[~result.kept]
+    sizes = Counter(len(members) + 1 for members in clusters.values())
+    totals = {key: sum(d[key] for d in report["datasets"].values()) for key in ("records", "kept")}
+    report["total"] = {**totals, "removed": totals["records"] - totals["kept"]}
+    report["clusters"] = {
+        "count": len(clusters),
+        "sizes": {str(size): count for size, count in sorted(sizes.items())},  # kept record + removed for it
+        "largest": max(sizes, default=0),
+    }
+    quantiles = (("min", 0), ("p05", 0.05), ("median", 0.5), ("max", 1))
+    report["removed_similarity"] = (
+        {q: round(float(np.quantile(similarities, p)), 4) for q, p in quantiles} if len(similarities) else {}
+    )
+    report["comparisons"] = result.stats
+    report.update(extra)
+    atomic_write_text(out / "dedup_report.json", json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    return [*written, out / "removed.jsonl", out / "dedup_report.json"]
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -150,3 +292,12 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
     else:
         atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
+
+
+def run_dedup(config: DedupConfig) -> list[Path]:
+    """The step, on the engine the config names."""
+    if config.engine == "datatrove":
+        from sfmed_lf.data_prep.dedup_datatrove import DatatroveDedup
+
+        return DatatroveDedup(config).run()
+    return DedupStep(config).run()
