@@ -18,7 +18,8 @@ Speed: CPU time (process_time, all threads) per record, one process each, interl
 sfmed (normalise + shingle + signature, numba), rensa ``RMinHash.digest_matrix_from_flat_token_hashes`` on
 sfmed's shingle hashes (its fastest path; sfmed's shingling counted in) and ``digest_matrix_from_token_sets`` on
 Python-built shingle strings, datasketch ``MinHash.bulk`` (its batch API), datatrove's ``MinhashDedupSignature``
-(get_shingles + get_signature, character tokens, xxhash) on a subset.
+(get_shingles + get_signature, character tokens, xxhash32 of the UTF-8 shingle: datatrove 0.10.1 hands str
+to xxhash, which xxhash 4.x refuses) on a subset.
 """
 
 from __future__ import annotations
@@ -264,14 +265,19 @@ def datatrove_signature_step(config: DedupConfig):
 
     from sfmed_lf.data_prep.dedup_datatrove import CharacterTokenizer
 
+    import xxhash
+
     bands, rows = 16, config.num_perm // 16
-    return MinhashDedupSignature(
+    step = MinhashDedupSignature(
         output_folder=tempfile.mkdtemp(prefix="bench_dedup_"),
         config=MinhashConfig(
             n_grams=config.ngram, num_buckets=bands, hashes_per_bucket=rows, hash_config=HashConfig(precision=32)
         ),
         language=CharacterTokenizer(),
     )
+    # datatrove 0.10.1 passes str to xxhash, which xxhash 4.x refuses: encode first (what it hashes otherwise)
+    step._hash_func = lambda shingle: xxhash.xxh32_intdigest(shingle.encode("utf-8"))
+    return step
 
 
 def whole(args: argparse.Namespace) -> dict:

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from sfmed_lf.data_prep.config import DedupConfig
-from sfmed_lf.data_prep.dedup import DedupStep, dedup_texts
-from sfmed_lf.data_prep.lsh import band_parameters, collision_probability
+from sfmed_lf.data_prep.dedup import DedupStep, dedup_texts, encode_chunk
+from sfmed_lf.data_prep.keep import keep_first
+from sfmed_lf.data_prep.lsh import band_parameters, buckets_from_groups, collision_probability
 from sfmed_lf.data_prep.minhash import MinHasher, exact_jaccard, normalize, normalize_batch
 from sfmed_lf.data_prep.perturb import (
     boilerplate_consultation,
@@ -124,6 +125,27 @@ def test_confirmation_is_exact_at_the_threshold():
         )
 
 
+def test_keep_rule_compares_every_kept_bucket_member_and_no_removed_one():
+    """One bucket holding a distinct record first, then a record and its copy; and a chain X ~ Y ~ Z with X !~ Z."""
+    generator = random.Random(9)
+    first, second = consultation(generator), consultation(generator)
+    chain = [consultation(generator)]
+    while len(chain) < 3:
+        candidate = edited_copy(chain[-1], 0.06, generator)
+        if 0.75 < exact_jaccard(candidate, chain[-1], 2) and (
+            len(chain) < 2 or exact_jaccard(candidate, chain[0], 2) < 0.65
+        ):
+            chain.append(candidate)
+    texts = [first, second, edited_copy(second, 0.02, generator), *chain]
+    encoded = encode_chunk((texts, 128, 2, 1))
+    one_bucket = buckets_from_groups(len(texts), [[[0, 1, 2]], [[3, 4, 5]]])
+    result = keep_first(
+        one_bucket, encoded.signatures, encoded.codes, encoded.offsets, np.zeros(len(texts), np.int32),
+        ngram=2, threshold=0.72, max_scan=10,
+    )  # fmt: skip
+    assert result.kept_for.tolist() == [-1, -1, 1, -1, 3, -1], "the copy goes for its original, the chain's end stays"
+
+
 def test_no_chaining_on_overlapping_windows():
     """Windows sliding two characters at a time over one long text: each is similar to its neighbours only. A
     connected-components rule keeps one; ours keeps one whenever the distance to the last kept one grows too big,
@@ -133,8 +155,11 @@ def test_no_chaining_on_overlapping_windows():
     windows = [text[start * 2 : start * 2 + 200] for start in range(4000)]
     settings = config()
     result = dedup_texts(windows, settings)
-    kept = int(result.kept.sum())
-    assert 4000 / 30 < kept < 4000 / 5, kept  # about one window per 40-60 characters of text
+    last_kept = [0]  # the same rule walked along the text: a window goes when it is close to the last kept one
+    for index in range(1, len(windows)):
+        if exact_jaccard(windows[index], windows[last_kept[-1]], settings.ngram) < settings.threshold:
+            last_kept.append(index)
+    assert result.kept.sum() == len(last_kept) > 100, (result.kept.sum(), len(last_kept))
     for index in np.flatnonzero(~result.kept)[::97]:
         partner = result.kept_for[index]
         assert result.kept[partner] and partner < index

@@ -76,25 +76,29 @@ def shard_bounds(records: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 class ShardReader(PipelineStep):
-    """Reads the datasets and yields this task's slice as Documents (id: global record index)."""
+    """Yields this task's slice of the records as Documents (id: global record index); files outside the slice are
+    not read."""
 
     name = "sfmed records"
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, paths: list[str], sizes: list[int]) -> None:
         super().__init__()
-        self.paths = paths
+        self.paths, self.sizes = paths, sizes
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        datasets = [read_dataset(path) for path in self.paths]
-        total = sum(len(d.rows) for d in datasets)
-        start, end = shard_bounds(total, rank, world_size)
-        index = 0
-        for number, dataset in enumerate(datasets):
-            for row, text in zip(dataset.rows, dataset.texts, strict=True):
-                if start <= index < end:
+        start, end = shard_bounds(sum(self.sizes), rank, world_size)
+        first = 0
+        for number, (path, size) in enumerate(zip(self.paths, self.sizes, strict=True)):
+            if first < end and first + size > start:
+                dataset = read_dataset(path)
+                for offset in range(max(start - first, 0), min(end - first, size)):
                     self.stat_update("records")
-                    yield Document(text=text, id=str(index), metadata={"dataset": number, "row": row})
-                index += 1
+                    yield Document(
+                        text=dataset.texts[offset],
+                        id=str(first + offset),
+                        metadata={"dataset": number, "row": dataset.rows[offset]},
+                    )
+            first += size
 
 
 class SfmedSignature(MinhashDedupSignature):
@@ -345,7 +349,7 @@ class DatatroveDedup:
             hash_config=HashConfig(precision=32),
         )
         tasks = min(config.tasks, max(plan["records"], 1))
-        reader = ShardReader(config.datasets)
+        reader = ShardReader(config.datasets, plan["sizes"])
         signatures = SfmedSignature(str(work / "signatures"), minhash, config.num_perm, config.seed)
         candidates = CandidateRecords(str(work), plan["records"], config.num_perm, config.ngram, config.seed)
         stages = [
