@@ -260,12 +260,11 @@ def speed(args: argparse.Namespace) -> dict:
 
 
 def datatrove_signature_step(config: DedupConfig):
+    import xxhash
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
     from datatrove.utils.hashing import HashConfig
 
     from sfmed_lf.data_prep.dedup_datatrove import CharacterTokenizer
-
-    import xxhash
 
     bands, rows = 16, config.num_perm // 16
     step = MinhashDedupSignature(

@@ -132,7 +132,7 @@ def test_keep_rule_compares_every_kept_bucket_member_and_no_removed_one():
     chain = [consultation(generator)]
     while len(chain) < 3:
         candidate = edited_copy(chain[-1], 0.06, generator)
-        if 0.75 < exact_jaccard(candidate, chain[-1], 2) and (
+        if exact_jaccard(candidate, chain[-1], 2) > 0.75 and (
             len(chain) < 2 or exact_jaccard(candidate, chain[0], 2) < 0.65
         ):
             chain.append(candidate)
