@@ -102,22 +102,23 @@ def test_banding_finds_pairs_at_the_threshold():
 
 
 def test_confirmation_is_exact_at_the_threshold():
-    """Copies whose exact Jaccard lies just above the threshold are all removed, those just below all kept: an
-    estimate (sd ~0.04 at 128 permutations) would lose about half of either side."""
+    """Copies whose exact Jaccard lies just above the threshold are removed (banding finds a pair at the threshold
+    with probability 0.995), those just below all kept: an estimate (sd ~0.04 at 128 permutations) would lose about
+    half of either side."""
     generator = random.Random(5)
     settings = config(ngram=2, threshold=0.72)
     originals, above, below = [], [], []
-    while len(above) < 60 or len(below) < 60:
+    while len(above) < 150 or len(below) < 150:
         original = consultation(generator)
         copy = edited_copy(original, generator.uniform(0.05, 0.12), generator)
         similarity = exact_jaccard(original, copy, 2)
         side = above if 0.72 <= similarity < 0.75 else below if 0.69 <= similarity < 0.72 else None
-        if side is not None and len(side) < 60:
+        if side is not None and len(side) < 150:
             side.append(len(originals) + 1)
             originals += [original, copy]
     result = dedup_texts(originals, settings)
     assert result.kept[below].all(), "a copy below the threshold was removed"
-    assert (~result.kept[above]).mean() >= 0.98, (~result.kept[above]).mean()
+    assert (~result.kept[above]).mean() >= 0.97, (~result.kept[above]).mean()
     removed = np.flatnonzero(~result.kept)
     for index in removed:
         assert (

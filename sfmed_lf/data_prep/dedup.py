@@ -171,16 +171,25 @@ class DedupStep:
 
     def run(self) -> list[Path]:
         config = self.config
-        started = time.perf_counter()
+        clock = PhaseClock()
         check_outputs_are_not_inputs(self.out, config.datasets)
         datasets = [read_dataset(path) for path in config.datasets]
-        encoded = Encoded.concatenate([self.encoded(dataset) for dataset in datasets], config.num_perm)
+        clock.done("read")
+        parts = []
+        for dataset in datasets:
+            parts.append(self.encoded(dataset))
+            dataset.texts = []  # the normalised code points are all that is compared from here on
+        encoded = Encoded.concatenate(parts, config.num_perm)
+        del parts
+        clock.done("signatures")
         membership = np.concatenate(
             [np.full(len(d.rows), index, dtype=np.int32) for index, d in enumerate(datasets)] or [np.empty(0, np.int32)]
         )
         bands, rows = fitted_bands(config)
-        print(f"sfmed data dedup: {len(membership)} records, LSH {bands} bands x {rows} rows", flush=True)
+        print(f"sfmed data dedup: {len(membership)} records, LSH {bands} bands x {rows} rows ...", flush=True)
         found = buckets(encoded.signatures, bands, rows)
+        clock.done("banding")
+        print(f"sfmed data dedup: {found.count} buckets; keep rule (exact Jaccard) ...", flush=True)
         result = keep_first(
             found,
             encoded.signatures,
@@ -192,25 +201,50 @@ class DedupStep:
             max_scan=config.max_scan,
             cross_dataset=config.cross_dataset,
         )
+        clock.done("keep_rule")
         kept_rows, first = [], 0
         for dataset in datasets:
             kept = result.kept[first : first + len(dataset.rows)]
             kept_rows.append([row for row, keep in zip(dataset.rows, kept, strict=True) if keep])
             first += len(dataset.rows)
-        return write_outputs(
-            self.out,
-            config,
+        extra = {"buckets": {"count": found.count, "largest": int(found.sizes().max(initial=0))}}
+        short = np.diff(encoded.offsets) < config.ngram
+        del encoded, found
+        names, ids, sizes = (
             [d.name for d in datasets],
-            [record_id for d in datasets for record_id in d.ids],
-            kept_rows,
+            [i for d in datasets for i in d.ids],
             [len(d.rows) for d in datasets],
-            result,
-            np.diff(encoded.offsets) < config.ngram,
-            {
-                "buckets": {"count": found.count, "largest": int(found.sizes().max(initial=0))},
-                "seconds": round(time.perf_counter() - started, 2),
-            },
         )
+        written = write_outputs(self.out, config, names, ids, kept_rows, sizes, result, short, extra)
+        clock.done("write")
+        clock.add_to(self.out / "dedup_report.json")
+        return written
+
+
+class PhaseClock:
+    """Wall and CPU seconds (this process and its finished children) per phase, for the report."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float]] = {}
+        self.last = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        import resource
+
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        return time.perf_counter(), cpu
+
+    def done(self, phase: str) -> None:
+        now = self._now()
+        self.phases[phase] = {"wall": round(now[0] - self.last[0], 2), "cpu": round(now[1] - self.last[1], 2)}
+        self.last = now
+
+    def add_to(self, report_path: Path) -> None:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report["seconds"] = self.phases
+        atomic_write_text(report_path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
 
 
 def check_outputs_are_not_inputs(out: Path, paths: list[str]) -> None:

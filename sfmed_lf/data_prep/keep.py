@@ -8,15 +8,16 @@ of the record kept for it, and a run of records each similar only to its neighbo
 text) keeps one record every time the similarity to the last kept one falls below the threshold, instead of
 collapsing into one connected component.
 
-Before the exact comparison, a pair is skipped when its signature agreement is far below the threshold:
-``min_estimate = threshold - 4.5 · sqrt(threshold · (1 - threshold) / num_perm)``. The agreement of a pair at the
-threshold is binomial, so it falls below that bound with probability < 1e-5: the estimate only saves work and never
-decides a removal. A bucket shared by very many kept records (long boilerplate) is scanned for at most
-``max_scan`` of them per record; truncated scans are counted in the report (a near-duplicate pair also shares
-buckets made of its own text, so it is still found there).
+Before the exact comparison, a pair is skipped when its signature agreement is far below the threshold: first on the
+first 32 entries, then on all k, each time below ``threshold - 4.5 · sqrt(threshold · (1 - threshold) / m)`` for m
+entries. The agreement of a pair at the threshold is binomial, so it falls below either bound with probability <
+2e-5: the estimate only saves work and never decides a removal. A bucket shared by very many kept records (long
+boilerplate) is scanned for at most ``max_scan`` of them per record; truncated scans are counted in the report (a
+near-duplicate pair also shares buckets made of its own text, so it is still found there).
 
 Two passes (SF-Med §3.2): inside each dataset first (only records of the same dataset are compared), then across
-datasets among what each kept. The across pass is the same as banding the union of the kept records afresh, as
+datasets among what each kept (only records of different datasets: two kept records of one dataset were already
+compared, or are not candidates). The across pass is the same as banding the union of the kept records afresh, as
 band values are per record.
 """
 
@@ -40,11 +41,11 @@ def min_estimate(threshold: float, num_perm: int) -> float:
 
 
 @numba.njit(cache=True, boundscheck=False)
-def _agreement(signatures: np.ndarray, first: int, second: int) -> float:
+def _agreement(signatures: np.ndarray, first: int, second: int, length: int) -> float:
     equal = 0
-    for k in range(signatures.shape[1]):
+    for k in range(length):
         equal += signatures[first, k] == signatures[second, k]
-    return equal / signatures.shape[1]
+    return equal / length
 
 
 @numba.njit(cache=True, boundscheck=False)
@@ -64,6 +65,9 @@ def _keep_pass(
     max_scan: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     records, bands = of.shape
+    full = signatures.shape[1]
+    quick = min(32, full)
+    quick_floor = threshold - 4.5 * np.sqrt(threshold * (1 - threshold) / quick)
     kept_lists = np.empty(len(members), dtype=np.int64)
     kept_count = np.zeros(len(start) - 1, dtype=np.int64)
     seen_by = np.full(records, -1, dtype=np.int64)
@@ -85,15 +89,16 @@ def _keep_pass(
                 j = kept_lists[start[bucket] + position]
                 if best >= 0 and j >= best:
                     break  # kept lists are ascending: nothing earlier than the best found is left here
-                if seen_by[j] == i or (same_dataset and dataset[j] != dataset[i]):
-                    continue
+                if seen_by[j] == i or (dataset[j] == dataset[i]) != same_dataset:
+                    continue  # inside: other datasets' records wait for the across pass; across: pairs were seen
                 seen_by[j] = i
                 if scanned == max_scan:
                     stats[2] += 1
                     break
                 scanned += 1
                 stats[0] += 1
-                if _agreement(signatures, i, j) < floor:
+                # the first 32 entries (two cache lines) reject most candidates; then the whole signature
+                if _agreement(signatures, i, j, quick) < quick_floor or _agreement(signatures, i, j, full) < floor:
                     continue
                 if not own_ready:
                     own = shingle_set(codes, offsets[i], offsets[i + 1], ngram)

@@ -207,26 +207,80 @@ SIGNATURES = (
 )
 
 
-def consultation(generator: random.Random) -> str:
-    """One question and answer, 150-400 characters, written from the grammar above."""
-    symptoms = generator.sample(_SYMPTOMS, generator.randint(2, 3))
-    question = (
-        f"{generator.choice(_PEOPLE)}{generator.randint(3, 85)}岁，{generator.choice(_DURATIONS)}"
-        f"{'、'.join(symptoms[:-1])}，还有{symptoms[-1]}，{generator.choice(_MODIFIERS)}。"
-        f"{generator.choice(_HISTORIES)}，体温{generator.randint(362, 395) / 10}度。{generator.choice(_QUESTIONS)}"
-    )
+_BODY = ("左侧", "右侧", "上腹部", "下腹部", "后背", "胸口", "额头", "太阳穴", "膝盖", "脚踝", "手腕", "喉咙", "耳后")
+_FEELINGS = ("胀痛", "刺痛", "隐隐作痛", "发紧", "发热", "酸胀", "麻木", "一跳一跳地疼", "像针扎一样", "闷闷的")
+_FOODS = ("火锅", "烧烤", "海鲜", "冷饮", "咖啡", "浓茶", "辣条", "剩饭", "牛奶", "酒")
+
+
+def _question(generator: random.Random, symptoms: list[str]) -> str:
+    pick = generator.choice
+    age = generator.randint(3, 85)
+    sentences = [
+        pick(
+            (
+                f"{pick(_PEOPLE)}{age}岁，{pick(_DURATIONS)}{'、'.join(symptoms[:-1])}，还有{symptoms[-1]}。",
+                f"医生你好，{pick(_PEOPLE)}今年{age}了，最近{pick(_DURATIONS)}总是{symptoms[0]}。",
+                f"想咨询一下，{pick(_DURATIONS)}前开始{symptoms[0]}，后来又出现{symptoms[-1]}。",
+                f"{pick(_PEOPLE)}{symptoms[0]}{pick(_DURATIONS)}了，{pick(_MODIFIERS)}。",
+            )
+        ),
+        pick(
+            (
+                f"{pick(_BODY)}{pick(_FEELINGS)}，{pick(_MODIFIERS)}。",
+                f"感觉{pick(_BODY)}有点{pick(_FEELINGS)}，{pick(_MODIFIERS)}。",
+                f"前几天吃了{pick(_FOODS)}，之后{symptoms[-1]}更明显。",
+                f"量了体温{generator.randint(362, 395) / 10}度，{pick(_MODIFIERS)}。",
+            )
+        ),
+        pick((f"{pick(_HISTORIES)}。", f"另外{pick(_HISTORIES)}，{pick(_HISTORIES)}。", "")),
+        pick(_QUESTIONS),
+    ]
+    return "".join(sentence for sentence in sentences if sentence)
+
+
+def _answer(generator: random.Random, symptoms: list[str]) -> str:
+    pick = generator.choice
     tests = generator.sample(_TESTS, 2)
-    drug = generator.choice(_DRUGS)
-    advice = generator.sample(_ADVICE, 2)
-    answer = (
-        f"根据您描述的{symptoms[0]}和{symptoms[-1]}，结合您{generator.choice(_HISTORIES)}的情况，"
-        f"考虑{generator.choice(_CONDITIONS)}的可能性比较大，也要排除{generator.choice(_CONDITIONS)}。"
-        f"建议先做{tests[0]}和{tests[1]}，明确原因后再针对性治疗。"
-        f"症状明显时可以短期使用{drug}，每次{generator.choice((1, 2))}片，每日{generator.randint(1, 3)}次，"
-        f"连续{generator.randint(3, 14)}天。平时{advice[0]}，{advice[1]}。"
-        f"{generator.choice(_WARNINGS)}，请尽快到医院{generator.choice(('急诊', '门诊', '专科'))}就诊。"
-    )
-    return f"{question}\n{answer}"
+    drug = pick(_DRUGS)
+    advice = generator.sample(_ADVICE, 3)
+    condition, other = generator.sample(_CONDITIONS, 2)
+    options = [
+        pick(
+            (
+                f"从{symptoms[0]}来看，{condition}的可能性大。",
+                f"您说的{symptoms[-1]}多见于{condition}，也不排除{other}。",
+                f"{symptoms[0]}合并{symptoms[-1]}，首先要想到{condition}。",
+                f"这种情况一般考虑{condition}，{pick(_MODIFIERS)}也符合。",
+            )
+        ),
+        pick(
+            (
+                f"建议查一下{tests[0]}。",
+                f"最好去医院做个{tests[0]}和{tests[1]}。",
+                f"可以先查{tests[1]}，必要时加做{tests[0]}。",
+                f"{tests[0]}能帮助明确诊断。",
+            )
+        ),
+        pick(
+            (
+                f"可以先用{drug}，一次{pick(('一', '两', '半'))}片，一天{pick(('一', '两', '三'))}次。",
+                f"{drug}可以缓解症状，按说明书服用{generator.randint(3, 14)}天。",
+                f"暂时不建议自己吃{drug}，等检查结果出来再说。",
+                f"如果已经在吃{drug}，先别停，复诊时告诉医生。",
+            )
+        ),
+        f"{advice[0]}，{advice[1]}。",
+        pick((f"另外{advice[2]}。", f"少吃{pick(_FOODS)}和{pick(_FOODS)}。", f"{pick(_FOODS)}暂时别碰。")),
+        f"{pick(_WARNINGS)}，{pick(('要马上去急诊', '及时就医', '尽快复诊', '别拖着'))}。",
+    ]
+    chosen = generator.sample(options, generator.randint(3, len(options)))
+    return "".join(chosen)
+
+
+def consultation(generator: random.Random) -> str:
+    """One question and answer, about 80-250 characters, written from the grammar above."""
+    symptoms = generator.sample(_SYMPTOMS, generator.randint(2, 3))
+    return f"{_question(generator, symptoms)}\n{_answer(generator, symptoms)}"
 
 
 def boilerplate_consultation(generator: random.Random) -> str:
