@@ -318,6 +318,7 @@ def test_datatrove_engine_equals_native_across_tasks_and_workers(tmp_path):
             tasks=tasks,
             workers=workers,
             num_proc=1,
+            executor_options={"start_method": "fork"} if workers > 1 else None,  # fork: no re-import per worker
         )
         (DatatroveDedup(settings) if engine == "datatrove" else DedupStep(settings)).run()
         outputs[name] = [(tmp_path / name / f).read_text() for f in ("a.json", "b.jsonl", "removed.jsonl")]
