@@ -96,9 +96,26 @@ def _save(path: Path, encoded: Encoded) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load(path: Path) -> Encoded:
-    with np.load(path) as archive:
-        return Encoded(archive["signatures"], archive["codes"], archive["offsets"])
+def load_chunks(files: list[Path], num_perm: int) -> Encoded:
+    """The chunks one after the other, read straight into arrays of the final size (no second copy in memory)."""
+    records = characters = 0
+    for file in files:
+        with np.load(file) as archive:
+            offsets = archive["offsets"]
+            records, characters = records + len(offsets) - 1, characters + int(offsets[-1])
+    result = Encoded(
+        np.empty((records, num_perm), dtype=np.uint32), np.empty(characters, np.uint32), np.zeros(records + 1, np.int64)
+    )
+    records = characters = 0
+    for file in files:
+        with np.load(file) as archive:
+            offsets = archive["offsets"]
+            count, length = len(offsets) - 1, int(offsets[-1])
+            result.signatures[records : records + count] = archive["signatures"]
+            result.codes[characters : characters + length] = archive["codes"]
+            result.offsets[records + 1 : records + count + 1] = offsets[1:] + characters
+            records, characters = records + count, characters + length
+    return result
 
 
 def fitted_bands(config: DedupConfig) -> tuple[int, int]:
@@ -129,8 +146,9 @@ class DedupStep:
         self.config = config
         self.out = Path(config.output_dir)
 
-    def encoded(self, dataset: Dataset) -> Encoded:
-        """Signatures and normalised texts of one dataset, chunk by chunk through the pool, each chunk cached."""
+    def encoded(self, dataset: Dataset) -> list[Path]:
+        """Signatures and normalised texts of one dataset, chunk by chunk through the pool, each chunk cached; the
+        chunk files in order."""
         config = self.config
         cache = self.out / ".signatures" / dataset.name
         inputs = {
@@ -167,7 +185,7 @@ class DedupStep:
             finally:
                 if pool is not None:
                     pool.shutdown()
-        return Encoded.concatenate([_load(file) for file in files], config.num_perm)
+        return files
 
     def run(self) -> list[Path]:
         config = self.config
@@ -175,12 +193,11 @@ class DedupStep:
         check_outputs_are_not_inputs(self.out, config.datasets)
         datasets = [read_dataset(path) for path in config.datasets]
         clock.done("read")
-        parts = []
+        files = []
         for dataset in datasets:
-            parts.append(self.encoded(dataset))
+            files += self.encoded(dataset)
             dataset.texts = []  # the normalised code points are all that is compared from here on
-        encoded = Encoded.concatenate(parts, config.num_perm)
-        del parts
+        encoded = load_chunks(files, config.num_perm)
         clock.done("signatures")
         membership = np.concatenate(
             [np.full(len(d.rows), index, dtype=np.int32) for index, d in enumerate(datasets)] or [np.empty(0, np.int32)]
