@@ -29,7 +29,7 @@ from sfmed_lf.data_prep.lsh import band_parameters, buckets
 from sfmed_lf.data_prep.minhash import MinHasher, encode
 from sfmed_lf.data_prep.records import record_text
 from sfmed_lf.errors import DataError
-from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.io import atomic_open, atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.jsonl import read_records
 from sfmed_lf.utils.provenance import check_provenance, file_digest
 
@@ -239,7 +239,8 @@ class DedupStep:
 
 
 class PhaseClock:
-    """Wall and CPU seconds (this process and its finished children) per phase, for the report."""
+    """Wall and CPU seconds (this process and its finished children) per phase, and this process's peak memory
+    so far, for the report."""
 
     def __init__(self) -> None:
         self.phases: dict[str, dict[str, float]] = {}
@@ -255,7 +256,14 @@ class PhaseClock:
 
     def done(self, phase: str) -> None:
         now = self._now()
-        self.phases[phase] = {"wall": round(now[0] - self.last[0], 2), "cpu": round(now[1] - self.last[1], 2)}
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        self.phases[phase] = {
+            "wall": round(now[0] - self.last[0], 2),
+            "cpu": round(now[1] - self.last[1], 2),
+            "peak_rss_gib": round(peak, 2),
+        }
         self.last = now
 
     def add_to(self, report_path: Path) -> None:
@@ -338,10 +346,19 @@ def write_outputs(
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
-    if path.suffix == ".json":
-        atomic_write_text(path, json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
-    else:
-        atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    """Streamed, one row a line (a JSON list for .json): no second copy of the corpus as one string."""
+    as_list = path.suffix == ".json"
+    with atomic_open(path, "w") as handle:
+        if as_list:
+            handle.write("[\n")
+        for number, row in enumerate(rows):
+            if as_list and number:
+                handle.write(",\n")
+            handle.write(json.dumps(row, ensure_ascii=False))
+            if not as_list:
+                handle.write("\n")
+        if as_list:
+            handle.write("\n]\n")
     return path
 
 
