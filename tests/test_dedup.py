@@ -5,6 +5,7 @@ one across task and worker counts."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import unicodedata
@@ -341,3 +342,19 @@ def test_edited_copies_of_real_records_are_found():
     copies, removed = np.array(planted.copy_of) >= 0, ~result.kept
     precision, recall = (removed & copies).sum() / removed.sum(), (removed & copies).sum() / copies.sum()
     assert precision >= 0.99 and recall >= 0.95, (precision, recall)
+
+
+@pytest.mark.parametrize("name", ["slurm", "ray"])
+def test_example_yamls_build_the_datatrove_stages_past_one_machine(tmp_path, name):
+    """The Slurm and Ray examples load and chain the six stages (nothing is submitted here)."""
+    from sfmed_lf.config_files import load_config
+    from sfmed_lf.data_prep.dedup_datatrove import DatatroveDedup
+
+    data = write_rows(tmp_path / "rows.jsonl", [{"text": consultation(random.Random(n))} for n in range(5)])
+    settings = load_config(
+        DedupConfig, f"examples/yaml/sfmed_dedup_sft_{name}.yaml", [f"datasets=[{data}]", f"output_dir={tmp_path}/o"]
+    )
+    executors = DatatroveDedup(settings).executors()
+    assert [type(e).__name__ for e in executors] == [f"{name.capitalize()}PipelineExecutor"] * 6
+    assert [e.world_size for e in executors] == [5, 25, 5, 1, 5, 1], "tasks capped by the records; a task per band"
+    assert all(e.depends is previous for previous, e in itertools.pairwise(executors))
