@@ -12,6 +12,7 @@ parameters and keep rule as datatrove pipeline stages (``dedup_datatrove.py``).
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections import Counter
@@ -88,11 +89,10 @@ def encode_chunk(args: tuple[list[str], int, int, int]) -> Encoded:
     return Encoded(MinHasher(num_perm, ngram, seed).signatures_of_codes(codes, offsets), codes, offsets)
 
 
-def _save(path: Path, encoded: Encoded) -> None:
-    import io
-
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """An .npz written atomically (a killed run leaves the complete file or none)."""
     buffer = io.BytesIO()
-    np.savez(buffer, signatures=encoded.signatures, codes=encoded.codes, offsets=encoded.offsets)
+    np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -180,7 +180,9 @@ class DedupStep:
                 results = pool.map(encode_chunk, jobs)
             try:
                 for index, encoded in zip(todo, results, strict=True):
-                    _save(files[index], encoded)
+                    save_arrays(
+                        files[index], signatures=encoded.signatures, codes=encoded.codes, offsets=encoded.offsets
+                    )
                     progress.update(len(chunks[index]))
             finally:
                 if pool is not None:

@@ -45,11 +45,12 @@ from sfmed_lf.data_prep.dedup import (
     encode_chunk,
     fitted_bands,
     read_dataset,
+    save_arrays,
     write_outputs,
 )
 from sfmed_lf.data_prep.keep import KeepResult, keep_first
 from sfmed_lf.data_prep.lsh import buckets_from_groups
-from sfmed_lf.data_prep.minhash import MinHasher
+from sfmed_lf.data_prep.minhash import MinHasher, encode
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.provenance import file_digest
 
@@ -151,7 +152,7 @@ class CandidateRecords(PipelineStep):
                 ids.append(start + position)
                 texts.append(document.text)
         encoded = encode_chunk((texts, *self.arguments))
-        _save_npz(
+        save_arrays(
             self.work / "candidates" / f"{rank:05d}.npz",
             ids=np.array(ids, dtype=np.int64),
             signatures=encoded.signatures,
@@ -160,14 +161,6 @@ class CandidateRecords(PipelineStep):
         )
         return
         yield
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 class KeepRule(PipelineStep):
@@ -226,7 +219,7 @@ class KeepRule(PipelineStep):
         for task in range(self.tasks):
             positions = ids[removed][ranks == task] - starts[task]
             atomic_write_bytes(self.work / "cluster" / f"{task:06d}.remove", np.sort(positions).astype("<u4").tobytes())
-        _save_npz(self.work / "decisions.npz", kept_for=kept_for, similarity=similarity, stage=stage)
+        save_arrays(self.work / "decisions.npz", kept_for=kept_for, similarity=similarity, stage=stage)
         atomic_write_text(self.work / "comparisons.json", json.dumps(result.stats) + "\n")
         return
         yield
@@ -305,8 +298,6 @@ class DatatroveDedup:
         config = self.config
         datasets = [read_dataset(path) for path in config.datasets]
         bands, rows = fitted_bands(config)
-        from sfmed_lf.data_prep.minhash import encode
-
         short = []
         for dataset in datasets:
             short += (np.diff(encode(dataset.texts)[1]) < config.ngram).tolist()
