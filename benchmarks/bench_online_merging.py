@@ -1,18 +1,25 @@
-"""DPO step time and memory: torch AdamW vs OnDARE vs OnTIES on the same small Qwen2 model, in one run.
+"""Online merging side by side: ours (OnDARE, OnTIES) vs the authors' (ODAdamW, OTAdamW) vs torch AdamW.
 
-    python benchmarks/bench_online_merging.py                                   # CPU default: ~4.9M parameters
-    python benchmarks/bench_online_merging.py --preset qwen2.5-1.5b --device cuda --dtype bfloat16
-    python benchmarks/bench_online_merging.py --preset qwen2.5-1.5b --device cuda --dtype bfloat16 --zero3
+    python benchmarks/bench_online_merging.py                              # CPU, ~4.9M-parameter Qwen2, p = 0.05
+    python benchmarks/bench_online_merging.py --official PATH               # + the authors' optimizers, from a clone
+    python benchmarks/bench_online_merging.py --threads 2 --keep-prob 0.01
+    python benchmarks/bench_online_merging.py --preset qwen2.5-1.5b --device cuda --dtype bfloat16 [--zero3]
 
-Each optimizer trains its own copy of the same weights on the same batches. Step times are taken in one process,
-one step of each optimizer per round, so that drifts of the machine hit all three alike; the median step and the
-ratios to AdamW are printed. On CUDA, peak memory is then measured with each optimizer alone in its own process.
-``--zero3`` wraps the policy in a single-rank DeepSpeed ZeRO-3 engine, as ``llamafactory-cli`` does with
-``deepspeed: ds_z3_config.json``. The DPO loss is the sigmoid loss against a frozen reference copy.
+PATH is a local clone of https://github.com/QwenLM/online_merging_optimizers (its ``online_merging`` package is
+imported from there unmodified; nothing of it ships here). Every peer trains its own copy of the same weights, in one
+process, one step of each per round, so that the machine's drifts (other jobs) hit all alike; medians are reported:
 
-Targets: OnDARE <= 1.10x and OnTIES <= 1.25x AdamW's step time; persistent extra memory <= 10 % of one fp32 copy
-of the trainable parameters at p <= 0.05; on GPU, OnDARE's peak memory <= 1.15x AdamW's. Also measured: top-p
-selection on the largest tensor by argsort (what the reference OnTIES does every step) vs the selection used here.
+1. update statistics, at the same moments (weight decay and alpha 0): the fraction of entries the step moves, the
+   slope of the mean update on AdamW's update (over ``--seeds`` mask seeds), and for OnTIES how many kept entries
+   ours and the authors' share;
+2. the optimizer step alone, on gradients recorded from real DPO steps: CPU time of the step (the calling thread's,
+   which is the work itself when ``--threads 1``, whatever else the machine runs) and wall time;
+3. the whole DPO step (policy and reference forward, backward, optimizer step), wall time;
+4. memory: what each optimizer keeps beyond AdamW's moments, in fp32 copies of the trainable parameters (ours: the
+   kept entries of tau', 1.5 * p; the authors': a dense tau), and on CUDA each optimizer's peak, alone in a process.
+
+``--zero3`` wraps the policies in a one-rank DeepSpeed ZeRO-3 engine, as ``llamafactory-cli`` does with
+``deepspeed: ds_z3_config.json`` (ours and AdamW only). Results: printed as markdown tables and written to --output.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,7 +43,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig
 from sfmed_lf.merging.layout import zero3_layouts
 from sfmed_lf.merging.optimizer import OnlineMergingAdamW
-from sfmed_lf.merging.sparsify import magnitude_threshold
 from sfmed_lf.merging.task_vector import TaskVectorSource
 from sfmed_lf.utils.io import atomic_write_text
 
@@ -58,13 +65,8 @@ PRESETS = {
         "num_key_value_heads": 2,
     },
 }
-METHODS = ("adamw", "ondare", "onties")
-TARGETS = {
-    "ondare_step_ratio": 1.10,
-    "onties_step_ratio": 1.25,
-    "extra_memory_fraction": 0.10,
-    "ondare_peak_memory_ratio": 1.15,
-}
+LR, WEIGHT_DECAY, EPS = 1e-5, 0.01, 1e-8
+TARGETS = {"ondare": 1.5, "onties": 2.0}  # optimizer step alone, x AdamW foreach
 
 
 def dpo_loss(policy, reference, chosen, rejected, beta=0.1) -> torch.Tensor:
@@ -78,7 +80,7 @@ def dpo_loss(policy, reference, chosen, rejected, beta=0.1) -> torch.Tensor:
     return -F.logsigmoid(beta * (margin - ref_margin)).mean()
 
 
-def make_checkpoints(config: Qwen2Config, directory: Path, dtype: torch.dtype) -> tuple[Path, Path]:
+def make_checkpoints(config: Qwen2Config, directory: Path, dtype: torch.dtype) -> None:
     """theta_base (random) and theta_sft = theta_base + small noise, saved as safetensors."""
     torch.manual_seed(0)
     base = Qwen2ForCausalLM(config).to(dtype)
@@ -86,34 +88,204 @@ def make_checkpoints(config: Qwen2Config, directory: Path, dtype: torch.dtype) -
     with torch.no_grad():
         for param in sft.parameters():
             param.add_(torch.randn_like(param) * 1e-3)
-    paths = directory / "base", directory / "sft"
-    for model, path in zip((base, sft), paths, strict=True):
-        model.save_pretrained(path, safe_serialization=True)
-    return paths
+    for model, name in ((base, "base"), (sft, "sft")):
+        model.save_pretrained(directory / name, safe_serialization=True)
 
 
-def build_optimizer(method: str, model, keep_prob: float, base: Path, sft: Path) -> torch.optim.Optimizer:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if method == "adamw":
-        return torch.optim.AdamW([p for _, p in named], lr=1e-5, weight_decay=0.01)
-    config = OnlineMergingConfig(MergeMethod(method), keep_prob=keep_prob, alpha=1e-4)
-    groups = [{"params": [p for _, p in named], "param_names": [n for n, _ in named]}]
-    return OnlineMergingAdamW(groups, config, TaskVectorSource(str(sft), str(base)), lr=1e-5, weight_decay=0.01)
+def load_official(path: str | None) -> dict[str, type] | None:
+    """The authors' ODAdamW / OTAdamW from a local clone of QwenLM/online_merging_optimizers."""
+    if path is None:
+        return None
+    sys.path.insert(0, str(Path(path).expanduser().resolve()))
+    from online_merging.optimizers import ODAdamW, OTAdamW  # noqa: PLC0415 - the user's clone, imported on request
+
+    return {"official-ondare": ODAdamW, "official-onties": OTAdamW}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
+def fused_available(device: str) -> bool:
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+class Peers:
+    """Builds each peer's optimizer over a model's parameters (one group, the same hyper-parameters for all)."""
+
+    def __init__(self, args: argparse.Namespace, official: dict[str, type] | None) -> None:
+        self.args, self.official = args, official
+        self.checkpoints = Path(args.checkpoints)
+        self.names = ["adamw-foreach", *(["adamw-fused"] if fused_available(args.device) and not args.zero3 else [])]
+        self.names += ["ondare", "onties"]
+        if official and not args.zero3:
+            self.names += list(official)
+
+    def build(self, name: str, model: torch.nn.Module, alpha: float, weight_decay: float, seed: int = 42):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        keep_prob = self.args.keep_prob
+        if name.startswith("adamw"):
+            fused = name == "adamw-fused"
+            return torch.optim.AdamW(
+                params, lr=LR, eps=EPS, weight_decay=weight_decay, foreach=not fused, fused=fused or None
+            )
+        if name in ("ondare", "onties"):
+            config = OnlineMergingConfig(MergeMethod(name), keep_prob=keep_prob, alpha=alpha, seed=seed)
+            source = TaskVectorSource(str(self.checkpoints / "sft"), str(self.checkpoints / "base"))
+            groups = [{"params": params, "param_names": [n for n, _ in named]}]
+            return OnlineMergingAdamW(groups, config, source, lr=LR, eps=EPS, weight_decay=weight_decay)
+        optimizer = self.official[name](
+            [{"params": params, "weight_decay": weight_decay}],
+            lr=LR,
+            eps=EPS,
+            reserve_p=keep_prob,
+            param_name_map={(0, index): n for index, (n, _) in enumerate(named)},
+            use_merge=True,
+            alpha=alpha,
+            rescale=False,
+        )
+        dtype = getattr(torch, self.args.dtype)
+        sft = Qwen2ForCausalLM.from_pretrained(self.checkpoints / "sft", torch_dtype=dtype).to(self.args.device)
+        base = Qwen2ForCausalLM.from_pretrained(self.checkpoints / "base", torch_dtype=dtype).to(self.args.device)
+        optimizer.init_ref_param_diff(sft, base)
+        return optimizer
+
+
+def extra_memory_fraction(name: str, optimizer: torch.optim.Optimizer, trainable: int) -> float:
+    """Bytes kept beyond AdamW's moments, in fp32 copies of the trainable parameters."""
+    if isinstance(optimizer, OnlineMergingAdamW):
+        return optimizer.persistent_merge_bytes() / (4 * trainable)
+    extra = sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for key, value in state.items()
+        if key not in ("step", "exp_avg", "exp_avg_sq") and torch.is_tensor(value)
+    )
+    return extra / (4 * trainable)
+
+
+def load_policy(args: argparse.Namespace) -> torch.nn.Module:
+    dtype = getattr(torch, args.dtype)
+    return Qwen2ForCausalLM.from_pretrained(Path(args.checkpoints, "sft"), torch_dtype=dtype).to(args.device).train()
+
+
+def batches(args: argparse.Namespace, vocab: int, count: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (2, args.batch_pairs, args.seq_len), generator=generator) for _ in range(count)]
+
+
+def recorded_gradients(args: argparse.Namespace, reference: torch.nn.Module, count: int) -> list[list[torch.Tensor]]:
+    """Gradients of real DPO steps on the policy (each from the same weights, different batches)."""
+    policy = load_policy(args)
+    pool = []
+    for chosen, rejected in batches(args, reference.config.vocab_size, count):
+        dpo_loss(policy, reference, chosen.to(args.device), rejected.to(args.device)).backward()
+        pool.append([param.grad.detach().clone() for param in policy.parameters()])
+        policy.zero_grad(set_to_none=True)
+    return pool
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
         torch.cuda.synchronize()
 
 
-class Trainee:
-    """One optimizer's copy of the policy, optionally inside a one-rank DeepSpeed ZeRO-3 engine."""
+def timed(function: Callable[[], object], device: str) -> tuple[float, float]:
+    """(CPU time of this thread, wall time) of one call, in seconds."""
+    synchronize(device)
+    cpu, wall = time.thread_time(), time.perf_counter()
+    function()
+    synchronize(device)
+    return time.thread_time() - cpu, time.perf_counter() - wall
 
-    def __init__(self, method: str, args: argparse.Namespace, reference: torch.nn.Module) -> None:
-        device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-        base, sft = Path(args.checkpoints, "base"), Path(args.checkpoints, "sft")
-        self.policy = Qwen2ForCausalLM.from_pretrained(sft, torch_dtype=dtype).to(device).train()
-        self.optimizer = build_optimizer(method, self.policy, args.keep_prob, base, sft)
+
+def set_gradients(model: torch.nn.Module, gradients: list[torch.Tensor]) -> None:
+    for param, gradient in zip(model.parameters(), gradients, strict=True):
+        if param.grad is None:
+            param.grad = gradient.clone()
+        else:
+            param.grad.copy_(gradient)
+
+
+def update_statistics(args, peers: Peers, pool: list[list[torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """Step 3 of each peer from the same weights and moments, with weight decay and alpha 0: update = delta'."""
+    probes: dict[str, list[list[torch.Tensor]]] = {}
+    for name in peers.names:
+        if name == "adamw-fused":
+            continue
+        seeds = range(args.seeds) if name.endswith("ondare") else range(1)
+        probes[name] = []
+        for seed in seeds:
+            model = load_policy(args)
+            optimizer = peers.build(name, model, alpha=0.0, weight_decay=0.0, seed=seed)
+            torch.manual_seed(seed)  # the authors' dropout draws from the global RNG
+            for gradients in pool[:2]:
+                set_gradients(model, gradients)
+                optimizer.step()
+            before = [p.detach().clone() for p in model.parameters()]
+            set_gradients(model, pool[2])
+            optimizer.step()
+            probes[name].append([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before, strict=True)])
+    adam = torch.cat(probes["adamw-foreach"][0]).double()
+    results = {}
+    for name, runs in probes.items():
+        updates = [torch.cat(run).double() for run in runs]
+        mean = torch.stack(updates).mean(0)
+        results[name] = {
+            "kept_fraction": statistics.mean(float((u != 0).double().mean()) for u in updates),
+            "slope_on_adamw": float((mean * adam).sum() / (adam * adam).sum()),
+        }
+    if "official-onties" in probes:
+        ours, theirs = (torch.cat(probes[name][0]) for name in ("onties", "official-onties"))
+        kept_ours, kept_theirs = ours != 0, theirs != 0
+        both = kept_ours & kept_theirs
+        results["onties"]["kept_shared_with_official"] = float(both.sum() / kept_theirs.sum().clamp(min=1))
+        scale = float(adam.abs().max())
+        results["onties"]["max_difference_on_shared_over_max_update"] = float(
+            (ours[both] - theirs[both]).abs().max() / scale
+        )
+    return results
+
+
+def time_optimizer_alone(args, peers: Peers, pool, trainable: int) -> tuple[dict, dict]:
+    models = {name: load_policy(args) for name in peers.names}
+    optimizers = {
+        name: peers.build(name, model, alpha=args.alpha, weight_decay=WEIGHT_DECAY) for name, model in models.items()
+    }
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in peers.names}
+    for round_index in range(args.warmup + args.rounds):
+        for name in peers.names:
+            set_gradients(models[name], pool[round_index % len(pool)])
+            sample = timed(optimizers[name].step, args.device)
+            if round_index >= args.warmup:  # warm-up includes building tau from the checkpoints
+                samples[name].append(sample)
+    memory = {name: extra_memory_fraction(name, optimizers[name], trainable) for name in peers.names}
+    return {name: median_times(times) for name, times in samples.items()}, memory
+
+
+def time_whole_step(args, peers: Peers, reference: torch.nn.Module) -> dict:
+    trainees = {name: Trainee(name, args, peers, reference) for name in peers.names}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in peers.names}
+    for index, (chosen, rejected) in enumerate(batches(args, reference.config.vocab_size, args.warmup + args.steps)):
+        chosen, rejected = chosen.to(args.device), rejected.to(args.device)
+        for name, trainee in trainees.items():
+            sample = timed(lambda trainee=trainee: trainee.step(chosen, rejected), args.device)
+            if index >= args.warmup:
+                samples[name].append(sample)
+    return {name: median_times(times) for name, times in samples.items()}
+
+
+def median_times(samples: list[tuple[float, float]]) -> dict[str, float]:
+    return {"cpu_s": statistics.median(s[0] for s in samples), "wall_s": statistics.median(s[1] for s in samples)}
+
+
+class Trainee:
+    """One peer's copy of the policy, optionally inside a one-rank DeepSpeed ZeRO-3 engine."""
+
+    def __init__(self, name: str, args: argparse.Namespace, peers: Peers, reference: torch.nn.Module) -> None:
+        self.policy = load_policy(args)
+        self.optimizer = peers.build(name, self.policy, alpha=args.alpha, weight_decay=WEIGHT_DECAY)
         self.reference, self.engine = reference, None
         if args.zero3:
             import deepspeed
@@ -122,7 +294,7 @@ class Trainee:
                 "train_micro_batch_size_per_gpu": args.batch_pairs,
                 "gradient_accumulation_steps": 1,
                 "zero_optimization": {"stage": 3},
-                "bf16": {"enabled": dtype == torch.bfloat16},
+                "bf16": {"enabled": args.dtype == "bfloat16"},
                 "zero_allow_untested_optimizer": True,
             }
             names = {id(p): n for n, p in self.policy.named_parameters()}
@@ -140,175 +312,110 @@ class Trainee:
             self.optimizer.zero_grad(set_to_none=True)
 
 
-def setup_process(args: argparse.Namespace) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+def init_process(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
     if args.zero3:
         import deepspeed
 
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29517")
-        os.environ.setdefault("RANK", "0")
+        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0"}.items():
+            os.environ.setdefault(key, value)
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    sft = Path(args.checkpoints, "sft")
-    reference = Qwen2ForCausalLM.from_pretrained(sft, torch_dtype=dtype).to(device).eval().requires_grad_(False)
-    generator = torch.Generator().manual_seed(0)
-    vocab = reference.config.vocab_size
-    batches = [
-        torch.randint(0, vocab, (2, args.batch_pairs, args.seq_len), generator=generator)
-        for _ in range(args.warmup + args.steps)
-    ]
-    return reference, batches
+        deepspeed.init_distributed(dist_backend="nccl" if args.device == "cuda" else "gloo")
 
 
-def run_timing(args: argparse.Namespace) -> dict:
-    """All three optimizers in this process, one step of each per round, so machine drift hits them alike."""
-    device = torch.device(args.device)
-    reference, batches = setup_process(args)
-    trainees = {method: Trainee(method, args, reference) for method in METHODS}
-    step_times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for index, batch in enumerate(batches):
-        chosen, rejected = batch.to(device)
-        for method, trainee in trainees.items():
-            synchronize(device)
-            start = time.perf_counter()
-            trainee.step(chosen, rejected)
-            synchronize(device)
-            if index >= args.warmup:  # warm-up includes building tau from the checkpoints
-                step_times[method].append(time.perf_counter() - start)
-    # The reference copy is never partitioned (ZeRO-3 leaves the policies' parameters as placeholders).
-    trainable = sum(p.numel() for p in reference.parameters())
-    largest = max(reference.parameters(), key=lambda p: p.numel()).detach().reshape(-1).float()
-    return {
-        "median_step_s": {m: statistics.median(t) for m, t in step_times.items()},
-        "trainable_parameters": trainable,
-        "extra_memory_fraction": {
-            m: trainees[m].optimizer.persistent_merge_bytes() / (4 * trainable) for m in ("ondare", "onties")
-        },
-        "top_p_selection_on_largest_tensor": topk_selection_times(largest, args.keep_prob),
-    }
-
-
-def run_peak_memory_worker(args: argparse.Namespace) -> dict:
+def run_peak_memory_worker(args: argparse.Namespace, official: dict[str, type] | None) -> dict:
     """One optimizer alone in this process, so that the CUDA peak is its own."""
-    device = torch.device(args.device)
-    reference, batches = setup_process(args)
-    trainee = Trainee(args.worker, args, reference)
+    init_process(args)
+    dtype = getattr(torch, args.dtype)
+    reference = Qwen2ForCausalLM.from_pretrained(Path(args.checkpoints, "sft"), torch_dtype=dtype).to(args.device)
+    reference.eval().requires_grad_(False)
+    trainee = Trainee(args.worker, args, Peers(args, official), reference)
     torch.cuda.reset_peak_memory_stats()
-    for batch in batches[: args.warmup + 2]:
-        chosen, rejected = batch.to(device)
-        trainee.step(chosen, rejected)
+    for chosen, rejected in batches(args, reference.config.vocab_size, 3):
+        trainee.step(chosen.to(args.device), rejected.to(args.device))
     return {"peak_memory_bytes": torch.cuda.max_memory_allocated()}
 
 
-def topk_selection_times(largest: torch.Tensor, keep_prob: float, repeats: int = 3) -> dict[str, float]:
-    keep = max(1, int(keep_prob * largest.numel()))
-
-    def by_argsort():
-        order = torch.argsort(largest.abs(), descending=True)[:keep]
-        mask = torch.zeros_like(largest, dtype=torch.bool)
-        mask[order] = True
-        return mask
-
-    def by_threshold():
-        magnitudes = largest.abs()
-        return magnitudes >= magnitude_threshold(magnitudes, keep_prob, seed=0, name="x")
-
-    times = {"numel": largest.numel()}
-    for label, select in (("argsort_s", by_argsort), ("threshold_s", by_threshold)):
-        select()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            select()
-        times[label] = (time.perf_counter() - start) / repeats
-    return times
-
-
-def run_all(args: argparse.Namespace, argv: list[str]) -> dict:
-    config = Qwen2Config(**PRESETS[args.preset], tie_word_embeddings=False, max_position_embeddings=4096)
-    with tempfile.TemporaryDirectory() as checkpoints:
-        make_checkpoints(config, Path(checkpoints), getattr(torch, args.dtype))
-        args.checkpoints = checkpoints
-        timing = run_timing(args)
-        peak = {}
-        if torch.device(args.device).type == "cuda":
-            for method in METHODS:
-                output = Path(checkpoints, f"{method}.json")
-                subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        *argv,
-                        "--worker",
-                        method,
-                        "--checkpoints",
-                        checkpoints,
-                        "--worker-output",
-                        str(output),
-                    ],
-                    check=True,
-                )
-                peak[method] = json.loads(output.read_text())["peak_memory_bytes"]
-    median = timing["median_step_s"]
+def run_all(args: argparse.Namespace, official: dict[str, type] | None) -> dict:
+    init_process(args)
+    load_before = os.getloadavg()
+    dtype = getattr(torch, args.dtype)
+    reference = Qwen2ForCausalLM.from_pretrained(Path(args.checkpoints, "sft"), torch_dtype=dtype).to(args.device)
+    reference.eval().requires_grad_(False)
+    trainable = sum(p.numel() for p in reference.parameters())
+    peers = Peers(args, official)
+    pool = recorded_gradients(args, reference, 3)
+    statistics_ = None if args.zero3 else update_statistics(args, peers, pool)
+    alone, memory = time_optimizer_alone(args, peers, pool, trainable) if not args.zero3 else ({}, {})
+    whole = time_whole_step(args, peers, reference) if args.steps else {}
     results = {
         "preset": args.preset,
         "device": args.device,
         "dtype": args.dtype,
+        "threads": args.threads,
         "zero3": args.zero3,
         "keep_prob": args.keep_prob,
+        "alpha": args.alpha,
+        "trainable_parameters": trainable,
         "batch_pairs": args.batch_pairs,
         "seq_len": args.seq_len,
-        "timed_steps": args.steps,
-        **timing,
-        "ondare_step_ratio": median["ondare"] / median["adamw"],
-        "onties_step_ratio": median["onties"] / median["adamw"],
-        "reference_dense_tau_fraction": 1.0,
+        "rounds": args.rounds,
+        "whole_steps": args.steps,
+        "load_average_1min": [load_before[0], os.getloadavg()[0]],
+        "peers": peers.names,
+        "update_statistics": statistics_,
+        "optimizer_step_alone": alone,
+        "whole_dpo_step": whole,
+        "extra_memory_fraction": memory,
     }
-    if peak:
-        results["peak_memory_bytes"] = peak
-        results["peak_memory_ratio"] = {m: peak[m] / peak["adamw"] for m in METHODS}
+    for kind, key in (("optimizer_step_alone", "cpu_s"), ("whole_dpo_step", "wall_s")):
+        times = results[kind]
+        if "adamw-foreach" in times:
+            base = times["adamw-foreach"][key]
+            results[f"{kind}_ratio_to_adamw_foreach"] = {name: t[key] / base for name, t in times.items()}
     return results
 
 
-def report(args: argparse.Namespace, results: dict) -> None:
-    extra, median = results["extra_memory_fraction"], results["median_step_s"]
-    mode = " ZeRO-3" if args.zero3 else ""
+def report(results: dict) -> None:
+    alone, whole = results["optimizer_step_alone"], results["whole_dpo_step"]
+    ratio_alone = results.get("optimizer_step_alone_ratio_to_adamw_foreach", {})
+    ratio_whole = results.get("whole_dpo_step_ratio_to_adamw_foreach", {})
+    stats, memory = results["update_statistics"] or {}, results["extra_memory_fraction"]
     print(
-        f"{args.preset} on {args.device}{mode} ({results['trainable_parameters'] / 1e6:.1f}M parameters, "
-        f"{args.dtype}, p={args.keep_prob})"
+        f"{results['preset']} on {results['device']}{' ZeRO-3' if results['zero3'] else ''}: "
+        f"{results['trainable_parameters'] / 1e6:.1f}M parameters, {results['dtype']}, p = {results['keep_prob']}, "
+        f"alpha = {results['alpha']}, {results['threads']} thread(s), load average "
+        f"{results['load_average_1min'][0]:.1f} -> {results['load_average_1min'][1]:.1f}"
     )
-    for method in METHODS:
-        line = (
-            f"  {method:<7} median step {median[method] * 1e3:8.1f} ms  ratio {median[method] / median['adamw']:.3f}x"
-        )
-        if method in extra:
-            line += f"  persistent extra memory {extra[method]:.3f} of an fp32 copy"
-        if "peak_memory_ratio" in results:
-            line += (
-                f"  peak {results['peak_memory_bytes'][method] / 2**30:.2f} GiB "
-                f"({results['peak_memory_ratio'][method]:.3f}x)"
-            )
-        print(line)
-    if selection := results.get("top_p_selection_on_largest_tensor"):
+    print(
+        "| peer | kept fraction | slope on AdamW | step alone, CPU ms (x foreach) | step alone, wall ms "
+        "| whole DPO step, wall ms (x foreach) | extra memory (fp32 copy = 1) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in results["peers"]:
+        stat = stats.get(name, {})
+        cells = [
+            name,
+            f"{stat['kept_fraction']:.4f}" if stat else "",
+            f"{stat['slope_on_adamw']:.3f}" if stat else "",
+            f"{alone[name]['cpu_s'] * 1e3:.1f} ({ratio_alone[name]:.2f}x)" if name in alone else "",
+            f"{alone[name]['wall_s'] * 1e3:.1f}" if name in alone else "",
+            f"{whole[name]['wall_s'] * 1e3:.0f} ({ratio_whole[name]:.3f}x)" if name in whole else "",
+            f"{memory[name]:.4f}" if name in memory else "",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    if "kept_shared_with_official" in stats.get("onties", {}):
+        onties = stats["onties"]
         print(
-            f"  top-p selection on {selection['numel']:,} entries: argsort {selection['argsort_s'] * 1e3:.1f} ms, "
-            f"threshold {selection['threshold_s'] * 1e3:.1f} ms "
-            f"({selection['argsort_s'] / selection['threshold_s']:.1f}x faster)"
+            f"OnTIES vs the authors' OTAdamW: {onties['kept_shared_with_official']:.6f} of their kept entries kept by "
+            f"ours too; largest difference there {onties['max_difference_on_shared_over_max_update']:.1e} of the "
+            "largest update"
         )
-    checks = {
-        "OnDARE step <= 1.10x AdamW": results["ondare_step_ratio"] <= TARGETS["ondare_step_ratio"],
-        "OnTIES step <= 1.25x AdamW": results["onties_step_ratio"] <= TARGETS["onties_step_ratio"],
-    }
-    if args.keep_prob <= 0.05:
-        checks["extra memory <= 10 % at p <= 0.05"] = max(extra.values()) <= TARGETS["extra_memory_fraction"]
-    if "peak_memory_ratio" in results:
-        checks["OnDARE peak memory <= 1.15x AdamW"] = (
-            results["peak_memory_ratio"]["ondare"] <= TARGETS["ondare_peak_memory_ratio"]
-        )
-    for name, ok in checks.items():
-        print(f"  {'PASS' if ok else 'MISS'}  {name}")
-    results["targets_met"] = checks
+    for name, target in TARGETS.items():
+        if name in ratio_alone:
+            verdict = "PASS" if ratio_alone[name] <= target else "MISS"
+            print(f"{verdict}  {name} step alone {ratio_alone[name]:.2f}x AdamW foreach (target <= {target}x)")
 
 
 def main() -> None:
@@ -316,22 +423,40 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--zero3", action="store_true", help="wrap the policy in a one-rank DeepSpeed ZeRO-3 engine")
+    parser.add_argument("--official", help="a local clone of QwenLM/online_merging_optimizers, to compare with")
     parser.add_argument("--keep-prob", type=float, default=0.05)
+    parser.add_argument("--alpha", type=float, default=1e-7, help="default: the authors' script")
+    parser.add_argument("--seeds", type=int, default=8, help="mask seeds of the OnDARE update statistics")
     parser.add_argument("--batch-pairs", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=20, help="optimizer steps alone, per peer")
+    parser.add_argument("--steps", type=int, default=6, help="whole DPO steps, per peer (0: skip)")
     parser.add_argument("--output", default="benchmarks/results/online_merging.json")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoints", help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    official = load_official(args.official)
     if args.worker:
-        atomic_write_text(args.worker_output, json.dumps(run_peak_memory_worker(args)))
+        atomic_write_text(args.worker_output, json.dumps(run_peak_memory_worker(args, official)))
         return
-    results = run_all(args, sys.argv[1:])
-    report(args, results)
+    config = Qwen2Config(**PRESETS[args.preset], tie_word_embeddings=False, max_position_embeddings=4096)
+    with tempfile.TemporaryDirectory() as checkpoints:
+        make_checkpoints(config, Path(checkpoints), getattr(torch, args.dtype))
+        args.checkpoints = checkpoints
+        results = run_all(args, official)
+        if args.device == "cuda":
+            peak = {}
+            for name in results["peers"]:
+                output = Path(checkpoints, f"{name}.json")
+                command = [sys.executable, __file__, *sys.argv[1:], "--worker", name, "--checkpoints", checkpoints]
+                subprocess.run([*command, "--worker-output", str(output)], check=True)
+                peak[name] = json.loads(output.read_text())["peak_memory_bytes"]
+            results["peak_memory_bytes"] = peak
+    report(results)
     atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
     print(f"results: {args.output}")
 

@@ -46,11 +46,12 @@ class OnlineMergingArguments:
         default=1e-7,
         metadata={"help": "alpha in theta += alpha * tau' + (1 - alpha) * delta'. Default from the authors' script."},
     )
-    sfmed_merge_rescale: Literal["none", "inverse_p", "l1"] = field(
-        default="none",
+    sfmed_merge_rescale: Literal["authors", "none", "inverse_p", "l1"] = field(
+        default="authors",
         metadata={
-            "help": "Rescaling of kept entries: `none` (the paper), `inverse_p` (1/p, like the reference code's "
-            "F.dropout) or `l1` (keep the L1 norm)."
+            "help": "Rescaling of kept entries: `authors` (as the authors' code: x 1/p for ondare, their F.dropout; "
+            "none for onties), `none` (the paper's equations read literally), `inverse_p` (x 1/p for both) or "
+            "`l1` (keep the L1 norm, the authors' rescale=True)."
         },
     )
     sfmed_merge_seed: int | None = field(

@@ -79,21 +79,61 @@ def test_two_ddp_ranks_keep_identical_weights(pipeline, tmp_path):
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(pipeline, tmp_path):
+    """OnDARE (random masks) resumed from a checkpoint whose saved RNG state is deliberately replaced: masks are keyed
+    by (seed, step, name, index) and tau' is rebuilt from the checkpoints, so the global RNG the Trainer restores
+    cannot matter, and the resumed run ends at the uninterrupted run's weights."""
+    import random
+    import shutil
+
+    import numpy as np
+
     common = (
-        "sfmed_merge_method=onties",
         "sfmed_merge_keep_prob=0.3",
         "sfmed_merge_alpha=0.05",
         "save_strategy=steps",
         "save_steps=3",
+        "disable_shuffling=true",  # the epoch's data order must not come from the RNG state either
     )
     dpo(pipeline, tmp_path / "straight", *common)
-    checkpoint = tmp_path / "straight" / "checkpoint-3"
+    checkpoint = tmp_path / "checkpoint-3"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-3", checkpoint)
     saved_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
-    assert all("tau_values" in state for state in saved_state.values()), "merging state must be checkpointed"
+    assert all(set(state) == {"step", "exp_avg", "exp_avg_sq"} for state in saved_state.values())
+    rng = torch.load(checkpoint / "rng_state.pth", weights_only=False)
+    other = {
+        "python": random.Random(999).getstate(),
+        "numpy": np.random.RandomState(999).get_state(),
+        "cpu": torch.Generator().manual_seed(999).get_state(),
+    }
+    assert not torch.equal(rng["cpu"], other["cpu"])
+    torch.save({**rng, **other}, checkpoint / "rng_state.pth")
     dpo(pipeline, tmp_path / "resumed", *common, f"resume_from_checkpoint={checkpoint}")
     straight, resumed = load_weights(tmp_path / "straight"), load_weights(tmp_path / "resumed")
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-7)
+
+
+def test_an_fsdp_config_accelerate_would_drop_is_refused(pipeline, tmp_path):
+    """On CPU ranks accelerate ignores `fsdp` (with sync_module_states false, nothing complains) and trains DDP."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / DPO_YAML).read_text())
+    config.update(fsdp="full_shard auto_wrap", fsdp_config={"sync_module_states": False})
+    config_path = tmp_path / "dpo_fsdp.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = lf_train(
+        str(config_path),
+        f"model_name_or_path={pipeline['sft']}",
+        f"sfmed_merge_base_model={pipeline['pt']}",
+        f"output_dir={tmp_path / 'out'}",
+        "max_steps=2",
+        "ddp_backend=gloo",
+        env=two_ranks(),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "`fsdp: full_shard auto_wrap` is set, but accelerate is not running FSDP here" in result.stderr
+    assert not (tmp_path / "out" / "trainer_state.json").exists()
 
 
 def test_board_extra_arguments_reach_the_training_subprocess(pipeline, tmp_path):

@@ -49,6 +49,12 @@ def test_valid_options_reach_finetuning_args():
     assert parse(sfmed_merge_method="none", sfmed_merge_base_model=None)[3].online_merging_enabled is False
 
 
+@pytest.mark.parametrize(("method", "applied"), [("ondare", "inverse_p"), ("onties", "none")])
+def test_the_default_rescale_is_the_authors_per_method(method, applied):
+    config = parse(sfmed_merge_method=method)[3].online_merging_config(default_seed=42)
+    assert (config.rescale.value, config.applied_rescale.value) == ("authors", applied)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

@@ -15,15 +15,17 @@ class MergeMethod(StrEnum):
 class Rescale(StrEnum):
     """What happens to the entries a sparsification keeps.
 
-    NONE: kept as they are. This is the paper's formulation and the default: the merged update is a sparse
-        subset of Adam's update, so p directly scales the step (keep p and the learning rate in mind together).
-    INVERSE_P: multiplied by 1/p, which keeps the expectation of a random (DARE) mask unbiased. This is what
-        the authors' reference code does implicitly through ``F.dropout``; with p=0.01 every kept entry moves
-        100x further than Adam would move it.
-    L1: multiplied by ||x||_1 / ||mask * x||_1, so the sparse vector keeps the L1 norm of the dense one
-        (the reference code's ``rescale=True`` option).
+    AUTHORS (default): per method, what the authors' code (QwenLM/online_merging_optimizers) does with its default
+        ``rescale=False``: OnDARE multiplies kept entries by 1/p (DARE's "drop and rescale": its ``F.dropout``),
+        OnTIES keeps its top-p entries as they are (``OTAdamW.magnitude_mask_``).
+    NONE: kept as they are, for both methods. The paper's equations read this way; for OnDARE the merged update is
+        then p times the authors' in expectation (100x smaller at p = 0.01).
+    INVERSE_P: multiplied by 1/p, for both methods.
+    L1: multiplied by ||x||_1 / ||kept x||_1, so the sparse vector keeps the L1 norm of the dense one (the authors'
+        ``rescale=True``).
     """
 
+    AUTHORS = "authors"
     NONE = "none"
     INVERSE_P = "inverse_p"
     L1 = "l1"
@@ -35,13 +37,14 @@ class OnlineMergingConfig:
 
     keep_prob: p, the fraction of entries kept by each sparsification (of tau once, of every Adam update).
     alpha: weight of the sparsified task vector tau' in theta += alpha * tau' + (1 - alpha) * delta'.
+    rescale: what happens to kept entries (:class:`Rescale`); ``applied_rescale`` resolves ``authors`` per method.
     seed: seeds the random masks; masks depend only on (seed, step, parameter name, element index).
     """
 
     method: MergeMethod
     keep_prob: float
     alpha: float
-    rescale: Rescale = Rescale.NONE
+    rescale: Rescale = Rescale.AUTHORS
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -55,3 +58,10 @@ class OnlineMergingConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be a non-negative 64-bit integer, got {self.seed}.")
+
+    @property
+    def applied_rescale(self) -> Rescale:
+        """The rescale actually applied: ``authors`` resolved for this method."""
+        if self.rescale is not Rescale.AUTHORS:
+            return self.rescale
+        return Rescale.INVERSE_P if self.method is MergeMethod.ONDARE else Rescale.NONE

@@ -1,20 +1,26 @@
 """AdamW with online model merging (OnDARE / OnTIES), see ``sparsify.py`` for the equations.
 
-Per parameter and step:
-  1. Adam moments and the bias-corrected update delta, computed exactly as ``torch.optim.AdamW`` does;
+Per step and parameter group:
+  1. Adam's moments of all parameters at once (foreach kernels), as ``torch.optim.AdamW`` computes them;
   2. decoupled weight decay theta *= 1 - lr * wd, as AdamW (the learning-rate schedule only scales delta);
-  3. delta' = sparsify(delta) with a fresh mask (OnDARE) or top-p by magnitude (OnTIES);
-  4. theta += (1 - alpha) * delta' + alpha * tau', where tau' is the sparsified task vector built once; OnTIES
-     first drops the entries of delta' and tau' whose sign disagrees with the elected sign.
+then per parameter, with delta = -lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps) the AdamW update of this step:
+  3. the positions delta' keeps: a fresh keyed Bernoulli(p) mask (OnDARE), where delta is then computed at the kept
+     positions only, or exactly the top-p of |delta| (OnTIES), which needs delta densely;
+  4. OnTIES: where tau' and delta' both have entries, the sign of tau' + delta' is elected and the entries of either
+     that disagree are dropped;
+  5. theta += (1 - alpha) * delta' + alpha * tau', as two scatter-adds of kept entries.
+With p = 1 the step is dense and uses AdamW's own arithmetic: p = 1, alpha = 0 is ``torch.optim.AdamW`` bit for bit.
 
-With p = 1 and alpha = 0, OnDARE is AdamW. Persistent memory beyond AdamW's moments is only the kept entries of
-tau' (see ``sparse_delta.py``). tau' is built lazily at a parameter's first step, unless a resumed optimizer state
-already holds it, and the source checkpoints are released once every parameter has it.
+Persistent memory beyond AdamW's moments is only the kept entries of tau' (``sparse_delta.py``), built lazily at a
+parameter's first step from the two checkpoints, which are released once every parameter has its tau'. tau' is not
+part of the optimizer's state dict: it is a pure function of the checkpoints, the seed and the layout, rebuilt after a
+resume, so the state dict holds exactly AdamW's tensors, shaped like the parameters, which every checkpointing path
+(torch, DeepSpeed, FSDP1 ``optim_state_dict``, ``torch.distributed.checkpoint``) handles as it handles AdamW's.
 
-Every parameter group carries ``param_names`` (PyTorch's own key for named parameters): names key the random
-masks and locate tau in the checkpoints. When a sharded optimizer (DeepSpeed ZeRO) replaces the parameters by flat
-partitions, :meth:`OnlineMergingAdamW.register_layouts` tells which parameter slices each partition holds
-(``layout.py``); masks, top-p selection and tau then work per slice, keyed by the full parameter's name and offset.
+Every parameter group carries ``param_names`` (PyTorch's own key for named parameters): names key the random masks
+and locate tau in the checkpoints. Sharded training hands the optimizer slices of parameters instead (``layout.py``):
+DTensor parameters (FSDP2) describe their slice themselves; other layouts (DeepSpeed ZeRO, FSDP1) are declared with
+:meth:`OnlineMergingAdamW.register_layouts`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig
-from sfmed_lf.merging.layout import Segment, whole_parameter
+from sfmed_lf.merging.arrays import Array, Ops, ops_for
+from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
+from sfmed_lf.merging.layout import Segment, checkpoint_name, dtensor_segments, whole_parameter
 from sfmed_lf.merging.sparse_delta import SparseDelta
-from sfmed_lf.merging.sparsify import elect_signs, sparsify_
+from sfmed_lf.merging.sparsify import TopK, elect_signs, keep_count, kept_positions, rescale_factor, top_k
 from sfmed_lf.merging.task_vector import TaskVectorSource
 
 
@@ -37,32 +44,207 @@ def update_stream(step: int) -> str:
     return f"update-{step}"
 
 
-def merge_update_(
-    flat_param: torch.Tensor,
-    flat_update: torch.Tensor,
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The local tensor of a DTensor (FSDP2), the tensor itself otherwise."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "to_local") and hasattr(tensor, "placements")
+
+
+class Scratch:
+    """Reusable dense buffers, one per (dtype, device), for the duration of a step: a fresh allocation per parameter
+    would page-fault its memory in again every time."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        buffer = self._buffers.get((dtype, device))
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._buffers[dtype, device] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel]
+
+    def like(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.take(tensor.numel(), tensor.dtype, tensor.device)
+
+
+def adam_denominator(
+    exp_avg_sq: torch.Tensor, bias_correction2_sqrt: float, eps: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """sqrt(v) / sqrt(bc2) + eps, in the order torch.optim.AdamW computes it."""
+    return torch.sqrt(exp_avg_sq, out=out).div_(bias_correction2_sqrt).add_(eps)
+
+
+def merge_adam_step_(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
     tau: SparseDelta,
     config: OnlineMergingConfig,
     *,
     segments: list[Segment],
     step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    scratch: Scratch | None = None,
 ) -> None:
-    """theta += (1 - alpha) * sparsify(delta) + alpha * tau' on a flat tensor; ``flat_update`` is consumed.
+    """theta += (1 - alpha) * delta' + alpha * tau' on flat tensors, from Adam's moments already updated for ``step``.
 
     Each segment (a slice of one parameter) is sparsified on its own; entries outside every segment (alignment
     padding of sharded partitions) carry no gradient and are left as they are."""
+    beta1, beta2 = betas
+    step_size = lr / (1.0 - beta1**step)
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+    scratch = scratch or Scratch()
+    if config.keep_prob >= 1.0:
+        _merge_dense_(param, exp_avg, exp_avg_sq, tau, config, step_size, bias_correction2_sqrt, eps, scratch)
+        return
+    ops = ops_for(param)
+    merge = _SparseMerge(ops, exp_avg, exp_avg_sq, config, step_size, bias_correction2_sqrt, eps, scratch)
+    tau_positions, tau_values = tau.positions(ops), tau.arrays(ops)[3]
     for segment in segments:
-        update_slice = flat_update[segment.start : segment.start + segment.length]
-        sparsify_(update_slice, config, name=segment.name, stream=update_stream(step), offset=segment.param_offset)
+        merge.add_segment(segment, update_stream(step), tau_positions, tau_values)
+    positions, values = merge.update()
+    param_values = ops.view(param)
+    ops.add_at_(param_values, positions, ops.astype(values, param_values))
+    if config.alpha:
+        tau_update = merge.drop_tau_losers_(tau_values * config.alpha)
+        ops.add_at_(param_values, tau_positions, ops.astype(tau_update, param_values))
+
+
+def _merge_dense_(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    tau: SparseDelta,
+    config: OnlineMergingConfig,
+    step_size: float,
+    bias_correction2_sqrt: float,
+    eps: float,
+    scratch: Scratch,
+) -> None:
+    """p = 1: nothing is dropped, delta is AdamW's own (addcdiv); OnTIES still elects signs against tau'."""
     tau_positions, tau_values = tau.positions(), tau.values
+    denominator = adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps, out=scratch.like(exp_avg_sq))
     if config.method is MergeMethod.ONTIES and tau.nnz:
-        update_at_tau = flat_update[tau_positions].to(tau_values.dtype)
-        elected = elect_signs(tau_values, update_at_tau)
-        flat_update.index_fill_(0, tau_positions[update_at_tau * elected < 0], 0)
-        tau_agrees = tau_values * elected > 0
+        update_at_tau = exp_avg[tau_positions] / denominator[tau_positions] * -step_size
+        update_disagrees, tau_agrees = _disagreements(tau_values, update_at_tau)
+        denominator.index_fill_(0, tau_positions[update_disagrees], math.inf)  # m / inf drops the entry exactly
         tau_positions, tau_values = tau_positions[tau_agrees], tau_values[tau_agrees]
-    flat_param.add_(flat_update, alpha=1.0 - config.alpha)
+    param.addcdiv_(exp_avg, denominator, value=-step_size * (1.0 - config.alpha))
     if config.alpha and tau_values.numel():
-        flat_param.index_add_(0, tau_positions, tau_values.to(flat_param.dtype), alpha=config.alpha)
+        param.scatter_add_(0, tau_positions, (tau_values * config.alpha).to(param.dtype))
+
+
+class _SparseMerge:
+    """delta' = rescale * sparsify(delta) as (ascending positions, values), segment by segment, on an ``ops``
+    backend (``arrays.py``); for OnTIES, also the sign election against tau': entries of delta' that lose it are
+    zeroed, those of tau' are marked."""
+
+    def __init__(
+        self,
+        ops: Ops,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        config: OnlineMergingConfig,
+        step_size: float,
+        bias_correction2_sqrt: float,
+        eps: float,
+        scratch: Scratch,
+    ) -> None:
+        self.ops, self.config, self.device = ops, config, exp_avg.device
+        self.exp_avg, self.exp_avg_sq = ops.view(exp_avg), ops.view(exp_avg_sq)
+        self.step_size, self.bias_correction2_sqrt, self.eps = step_size, bias_correction2_sqrt, eps
+        self.onties = config.method is MergeMethod.ONTIES
+        self.rescale = config.applied_rescale
+        self.magnitude_tensor = self.magnitudes = self.above_mask = None
+        if self.onties or self.rescale is Rescale.L1:  # |delta| * bc1 / lr densely, to rank or to sum (torch: threads)
+            magnitudes = adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps, out=scratch.like(exp_avg_sq))
+            self.magnitude_tensor = torch.div(exp_avg, magnitudes, out=magnitudes).abs_()
+            self.magnitudes = ops.view(self.magnitude_tensor)
+            self.above_mask = scratch.take(exp_avg.numel(), torch.bool, exp_avg.device)
+        self.positions: list[Array] = []
+        self.values: list[Array] = []
+        self.tau_losers: list[Array] = []
+
+    def add_segment(self, segment: Segment, stream: str, tau_positions: Array, tau_values: Array) -> None:
+        ops = self.ops
+        if self.onties:
+            window = slice(segment.start, segment.start + segment.length)
+            k = keep_count(segment.length, self.config.keep_prob)
+            selection = top_k(self.magnitude_tensor[window], k, self.above_mask[window])
+            positions = selection.positions + segment.start if segment.start else selection.positions
+        else:
+            mask = kept_positions(
+                self.config,
+                numel=segment.length,
+                name=segment.name,
+                stream=stream,
+                offset=segment.param_offset,
+                param_numel=segment.param_numel,
+                device=self.device,
+            )
+            positions = ops.view(mask) + segment.start if segment.start else ops.view(mask)
+        scale = rescale_factor(self.config, *self._l1_norms(segment, positions))
+        if self.magnitudes is None:  # OnDARE: delta at the kept positions only
+            denominator = ops.sqrt(ops.take(self.exp_avg_sq, positions))
+            denominator /= self.bias_correction2_sqrt
+            denominator += self.eps
+            values = ops.take(self.exp_avg, positions)
+            values /= denominator
+        else:
+            if self.onties and len(tau_positions):
+                self._elect(segment, selection, scale, tau_positions, tau_values)
+            values = ops.copysign(ops.take(self.magnitudes, positions), ops.take(self.exp_avg, positions))
+        values *= -self.step_size * scale * (1.0 - self.config.alpha)  # (1 - alpha) * delta', ready to add
+        self.positions.append(positions)
+        self.values.append(values)
+
+    def _l1_norms(self, segment: Segment, positions: Array) -> tuple[float | None, float | None]:
+        if self.rescale is not Rescale.L1:
+            return None, None
+        dense = self.magnitude_tensor[segment.start : segment.start + segment.length].sum(dtype=torch.float64)
+        return float(dense), self.ops.sum64(self.ops.take(self.magnitudes, positions))
+
+    def _elect(self, segment: Segment, selection: TopK, scale: float, tau_positions: Array, tau_values: Array) -> None:
+        """TIES where tau' and delta' both have entries in this segment (elsewhere the one present wins): zero the
+        magnitudes of the delta' entries that lose the election (so that they gather as 0), and remember the tau'
+        entries that lose it."""
+        ops = self.ops
+        low, high = ops.index_range(tau_positions, segment.start, segment.start + segment.length)
+        if low == high:
+            return
+        at = tau_positions[low:high]
+        magnitudes_at = ops.take(self.magnitudes, at)
+        both = ops.flatnonzero(selection.contains(at - segment.start if segment.start else at, magnitudes_at))
+        if not len(both):
+            return
+        positions = ops.take(at, both)
+        update = ops.copysign(ops.take(magnitudes_at, both), ops.take(self.exp_avg, positions))
+        update *= -self.step_size * scale
+        update_disagrees, tau_agrees = _disagreements(ops.take(tau_values[low:high], both), update)
+        self.magnitudes[positions[update_disagrees]] = 0
+        self.tau_losers.append(both[~tau_agrees] + low)
+
+    def update(self) -> tuple[Array, Array]:
+        return self.ops.concat(self.positions), self.ops.concat(self.values)
+
+    def drop_tau_losers_(self, tau_values: Array) -> Array:
+        """``tau_values`` (a copy) with the entries that lost an election zeroed."""
+        if self.tau_losers:
+            tau_values[self.ops.concat(self.tau_losers)] = 0
+        return tau_values
+
+
+def _disagreements(tau_values: Array, update_at_tau: Array) -> tuple[Array, Array]:
+    """TIES at tau's entries: (update entries whose sign loses the election, tau entries whose sign wins it).
+    Where only one of the two has an entry (the other is 0), its own sign wins."""
+    elected = elect_signs(tau_values, update_at_tau)
+    return update_at_tau * elected < 0, tau_values * elected > 0
 
 
 class OnlineMergingAdamW(Optimizer):
@@ -87,68 +269,110 @@ class OnlineMergingAdamW(Optimizer):
                 raise ValueError(f"param group {index} needs `param_names` aligned with its `params`.")
         self.config = config
         self._task_vector_source = task_vector_source
+        self._task_vectors: dict[torch.Tensor, SparseDelta] = {}
         self._segments: dict[int, list[Segment]] = {
             id(param): whole_parameter(name, param)
             for group in self.param_groups
             for param, name in zip(group["params"], group["param_names"], strict=True)
+            if not _is_dtensor(param)
         }
-        self._tau_pending = set(self._segments)
+        # Whole parameters as far as the optimizer knows; checked against the checkpoint's size when tau is built.
+        self._assumed_whole = set(self._segments)
         self._layout_resolver: Callable[[], dict[int, list[Segment]]] | None = None
 
     def register_layouts(self, layouts: dict[int, list[Segment]]) -> None:
         """Declare the tensors a sharded optimizer steps instead of the parameters: id(tensor) -> its segments."""
-        self._segments = dict(layouts)
-        built = {id(p) for p, state in self.state.items() if SparseDelta.STATE_KEYS[0] in state}
-        self._tau_pending = set(layouts) - built
+        self._segments = {
+            key: sorted(
+                (Segment(checkpoint_name(s.name), s.start, s.length, s.param_offset, s.param_numel) for s in segments),
+                key=lambda segment: segment.start,
+            )
+            for key, segments in layouts.items()
+        }
+        self._assumed_whole = set()
 
     def set_layout_resolver(self, resolver: Callable[[], dict[int, list[Segment]]]) -> None:
         """Layouts that only exist once training starts (DeepSpeed builds its partitions after the optimizer):
         ``resolver`` is called at the first step that meets an unknown tensor."""
         self._layout_resolver = resolver
 
-    def _segments_for(self, param: torch.Tensor) -> list[Segment]:
-        if id(param) not in self._segments and self._layout_resolver is not None:
+    def _segments_for(self, param: torch.Tensor, name: str | None) -> list[Segment]:
+        segments = self._segments.get(id(param))
+        if segments is None and name is not None and _is_dtensor(param):
+            segments = self._segments[id(param)] = dtensor_segments(name, param)
+        if segments is None and self._layout_resolver is not None:
             self.register_layouts(self._layout_resolver())
             self._layout_resolver = None
-        try:
-            return self._segments[id(param)]
-        except KeyError:
+            segments = self._segments.get(id(param))
+        if segments is None:
             raise RuntimeError(
                 f"online merging: the optimizer is stepping a tensor of shape {tuple(param.shape)} whose parameter "
                 "layout is unknown; a sharded optimizer must call register_layouts() first."
-            ) from None
-
-    def _task_vector(self, param: torch.Tensor, segments: list[Segment], state: dict[str, Any]) -> SparseDelta:
-        if SparseDelta.STATE_KEYS[0] not in state:
-            if self._task_vector_source is None:
-                names = ", ".join(sorted({segment.name for segment in segments}))
-                raise RuntimeError(f"online merging: no task vector for {names} and no source to build it from.")
-            positions, values = [], []
-            for segment in segments:
-                part = self._task_vector_source.sparse_slice(
-                    segment.name,
-                    self.config,
-                    offset=segment.param_offset,
-                    numel=segment.length,
-                    device=param.device,
-                    dtype=param.dtype,
-                )
-                positions.append(part.positions() + segment.start)
-                values.append(part.values)
-            no_entries = torch.empty(0, device=param.device)
-            tau = SparseDelta.from_positions(
-                param.numel(),
-                torch.cat(positions) if positions else no_entries.long(),
-                torch.cat(values) if values else no_entries.to(param.dtype),
             )
-            state.update(tau.to_state())
-        self._tau_pending.discard(id(param))
-        return SparseDelta.from_state(state, param.numel())
+        return segments
+
+    def _task_vector(self, param: torch.Tensor, local: torch.Tensor, segments: list[Segment]) -> SparseDelta:
+        tau = self._task_vectors.get(param)
+        if tau is not None:
+            return tau
+        names = ", ".join(sorted({segment.name for segment in segments}))
+        if self._task_vector_source is None:
+            raise RuntimeError(f"online merging: no task vector for {names} and no source to build it from.")
+        assumed_whole = id(param) in self._assumed_whole
+        if assumed_whole and (expected := self._task_vector_source.numel(segments[0].name)) != local.numel():
+            raise RuntimeError(
+                f"online merging: parameter {names} has {local.numel()} elements in the optimizer but {expected} in "
+                "theta_sft: a wrapper (FSDP?) hands the optimizer shards without declaring where they lie "
+                "(register_layouts, or DTensor parameters). Masks and tau would be misplaced; refusing to guess."
+            )
+        positions, values = [], []
+        for segment in segments:
+            part = self._task_vector_source.sparse_slice(
+                segment.name,
+                self.config,
+                offset=segment.param_offset,
+                numel=segment.length,
+                device=local.device,
+                dtype=local.dtype,
+            )
+            positions.append(part.positions() + segment.start)
+            values.append(part.values)
+        no_entries = torch.empty(0, device=local.device)
+        tau = self._task_vectors[param] = SparseDelta.from_positions(
+            local.numel(),
+            torch.cat(positions) if positions else no_entries.long(),
+            torch.cat(values) if values else no_entries.to(local.dtype),
+        )
+        return tau
 
     def _release_source_when_done(self) -> None:
-        if not self._tau_pending and self._task_vector_source is not None:
+        if self._task_vector_source is None:
+            return
+        if all(
+            param in self._task_vectors
+            for group in self.param_groups
+            for param in group["params"]
+            if _local(param).numel()
+        ):
             self._task_vector_source.close()
             self._task_vector_source = None
+
+    def _state_for(self, param: torch.Tensor) -> dict[str, Any]:
+        state = self.state[param]
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    def _is_state_initialization(self) -> bool:
+        """torch.distributed.checkpoint's ``set_state_dict`` creates a fresh optimizer's state with one step at lr 0
+        and all-zero gradients (``_init_optim_state``); tau' is added whatever the learning rate, so that step must
+        create the state and leave the weights alone."""
+        if self.state or any(float(group["lr"]) != 0.0 for group in self.param_groups):
+            return False
+        grads = [param.grad for group in self.param_groups for param in group["params"] if param.grad is not None]
+        return bool(grads) and not any(bool(_local(grad).any()) for grad in grads)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -156,63 +380,68 @@ class OnlineMergingAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._is_state_initialization():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        self._state_for(param)
+            return loss
+        scratch = Scratch()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("OnlineMergingAdamW does not support sparse gradients.")
-                state = self.state[param]
-                if "step" not in state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                segments = self._segments_for(param)
-                tau = self._task_vector(param, segments, state)
-                state["step"] += 1
-                step = int(state["step"].item())
-                update = self._adam_update(param.grad, state, step, lr, beta1, beta2, eps)
-                if weight_decay:
-                    param.mul_(1.0 - lr * weight_decay)
-                merge_update_(param.view(-1), update.view(-1), tau, self.config, segments=segments, step=step)
+            self._step_group(group, scratch)
         self._release_source_when_done()
         return loss
 
-    @staticmethod
-    def _adam_update(
-        grad: torch.Tensor, state: dict[str, Any], step: int, lr: float, beta1: float, beta2: float, eps: float
-    ) -> torch.Tensor:
-        """AdamW's step, as torch.optim.AdamW computes it, returned instead of applied."""
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        return torch.mul(exp_avg, -lr / bias_correction1).div_(denom)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch casts every state tensor of a float parameter to its dtype; tau's positions must stay integers
-        (float32 would also round chunk offsets above 2**24), so they are put back from the saved dict."""
-        saved_ids = [param_id for group in state_dict["param_groups"] for param_id in group["params"]]
-        current = [param for group in self.param_groups for param in group["params"]]
-        super().load_state_dict(state_dict)
-        for param_id, param in zip(saved_ids, current, strict=True):
-            saved = state_dict["state"].get(param_id, {})
-            for key in SparseDelta.INTEGER_STATE_KEYS:
-                if key in saved:
-                    self.state[param][key] = saved[key].to(device=param.device)
+    def _step_group(self, group: dict[str, Any], scratch: Scratch) -> None:
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        lr = float(lr)
+        stepped = []
+        # A sharded optimizer (DeepSpeed) replaces the group's parameters by flat partitions, whose layouts are
+        # registered; the names then no longer line up, and are only needed for DTensor parameters (FSDP2).
+        names = (
+            group["param_names"] if len(group["param_names"]) == len(group["params"]) else [None] * len(group["params"])
+        )
+        for param, name in zip(group["params"], names, strict=True):
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("OnlineMergingAdamW does not support sparse gradients.")
+            local = _local(param)
+            if local.numel():  # a shard may hold no element of a parameter
+                stepped.append((param, name, local, _local(param.grad), self._state_for(param)))
+        if not stepped:
+            return
+        locals_ = [local for _, _, local, _, _ in stepped]
+        grads = [grad for _, _, _, grad, _ in stepped]
+        exp_avgs = [_local(state["exp_avg"]) for *_, state in stepped]
+        exp_avg_sqs = [_local(state["exp_avg_sq"]) for *_, state in stepped]
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        if weight_decay:
+            torch._foreach_mul_(locals_, 1.0 - lr * weight_decay)
+        step_counts = [state["step"] for *_, state in stepped]
+        torch._foreach_add_(step_counts, 1.0)
+        for (param, name, local, _, state), exp_avg, exp_avg_sq in zip(stepped, exp_avgs, exp_avg_sqs, strict=True):
+            segments = self._segments_for(param, name)
+            merge_adam_step_(
+                local.view(-1),
+                exp_avg.view(-1),
+                exp_avg_sq.view(-1),
+                self._task_vector(param, local, segments),
+                self.config,
+                segments=segments,
+                step=int(state["step"].item()),
+                lr=lr,
+                betas=(beta1, beta2),
+                eps=eps,
+                scratch=scratch,
+            )
 
     def persistent_merge_bytes(self) -> int:
         """Bytes held for tau' on this rank (what online merging keeps beyond AdamW's state)."""
-        return sum(
-            state[key].numel() * state[key].element_size()
-            for state in self.state.values()
-            for key in SparseDelta.STATE_KEYS
-            if key in state
-        )
+        return sum(tau.nbytes() for tau in self._task_vectors.values())
 
     def merged_numel(self) -> int:
         """Elements this rank's optimizer updates (all trainable parameters, or this rank's partitions)."""
-        return sum(state["exp_avg"].numel() for state in self.state.values() if "exp_avg" in state)
+        return sum(_local(state["exp_avg"]).numel() for state in self.state.values() if "exp_avg" in state)

@@ -8,92 +8,201 @@ TIES: Yadav et al. 2023 (arXiv:2306.01708).
     OnTIES:  theta_t = theta_{t-1} + TIES_p([tau, delta_t], weights [alpha, 1 - alpha])
 
 delta_t is the AdamW update of step t, tau = theta_sft - theta_base. DARE_p keeps each entry with probability p
-(fresh mask every step for delta, one mask for tau); TIES_p keeps the top-p fraction by magnitude, elects per entry
-the sign of tau' + delta' and keeps only the entries that agree with it (disjoint merge).
+(fresh mask every step for delta, one mask for tau) and, by default as in the authors' code, multiplies the kept
+entries by 1/p; TIES_p keeps the top-p fraction by magnitude, elects per entry the sign of tau' + delta' and keeps
+only the entries that agree with it (disjoint merge).
+
+A sparsified vector is handled as (positions, values) of its kept entries: at p = 0.01 that is 1 % of the work and
+memory of a dense masked copy.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
+from sfmed_lf.merging.arrays import Array, Ops, ops_for
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
-from sfmed_lf.merging.masks import bernoulli_keep_mask, keyed_uniform
+from sfmed_lf.merging.masks import bernoulli_positions
 
-# The exact top-p threshold is found inside a bracket estimated from a fixed sample of this many entries.
-SAMPLE_SIZE = 1 << 16
-# Half-width of the bracket, in standard errors of the sample quantile: the k-th largest entry falls outside it with
-# probability ~1e-7; then the selection falls back to a full kthvalue. The result is exact either way.
-BRACKET_SIGMAS = 5.5
-
-
-def magnitude_threshold(magnitudes: torch.Tensor, keep_prob: float, *, seed: int, name: str) -> torch.Tensor:
-    """The ceil(p * n)-th largest of the non-negative 1-D ``magnitudes``: keeping ``magnitudes >= threshold`` keeps
-    the top-p entries (plus any ties at the threshold).
-
-    A full selection costs a copy and a quickselect over all n entries at every step (the reference argsorts).
-    Instead: the quantile's neighbourhood is bracketed from a random sample, entries above the bracket are counted,
-    and only the entries inside it (a few per mille) are selected exactly."""
-    n = magnitudes.numel()
-    keep = min(n, max(1, math.ceil(keep_prob * n)))
-    if n <= SAMPLE_SIZE:
-        return magnitudes.float().kthvalue(n - keep + 1).values
-    positions = keyed_uniform(SAMPLE_SIZE, seed=seed, stream="ties-sample", name=name, device=magnitudes.device)
-    sample = magnitudes[(positions * n).long().clamp_(max=n - 1)].float()
-    quantile = 1.0 - keep / n
-    margin = BRACKET_SIGMAS * math.sqrt(max(quantile * (1.0 - quantile), 1.0 / n) / SAMPLE_SIZE)
-    low_rank = min(SAMPLE_SIZE, max(1, math.floor((quantile - margin) * SAMPLE_SIZE)))
-    high_rank = min(SAMPLE_SIZE, max(1, math.ceil((quantile + margin) * SAMPLE_SIZE)))
-    low, high = sample.kthvalue(low_rank).values, sample.kthvalue(high_rank).values
-    if high_rank == SAMPLE_SIZE:
-        high = magnitudes.max().float()
-    if low_rank == 1:
-        low = magnitudes.min().float()
-    above = int((magnitudes > high).sum())
-    inside = magnitudes[(magnitudes >= low) & (magnitudes <= high)].float()
-    if above < keep <= above + inside.numel():
-        return inside.kthvalue(inside.numel() - (keep - above) + 1).values
-    return magnitudes.float().kthvalue(n - keep + 1).values
+# Top-k first keeps the candidates above a lower bound of the k-th largest magnitude, estimated from a strided sample
+# of this many entries, then selects exactly among those (tensors below SAMPLE_SIZE * 4 are selected directly).
+SAMPLE_SIZE = 1 << 14
+# Margin of that bound, in standard errors of the sample quantile: the bound exceeds the k-th largest (and the
+# selection falls back to all entries) with probability ~3e-7. The result is exact either way.
+BOUND_SIGMAS = 5.0
 
 
-def sparsify_(
-    flat: torch.Tensor, config: OnlineMergingConfig, *, name: str, stream: str, offset: int = 0
+def keep_count(numel: int, keep_prob: float) -> int:
+    """k of top-p over ``numel`` entries: ``int(p * n)`` as in the authors' ``OTAdamW.magnitude_mask_``, which keeps
+    every entry when that rounds to 0 (tensors smaller than 1/p are not sparsified)."""
+    k = int(keep_prob * numel)
+    return numel if k < 1 else min(k, numel)
+
+
+@functools.lru_cache(maxsize=256)
+def _sample_stride(numel: int) -> int:
+    """A prime stride near numel / SAMPLE_SIZE: a prime rarely divides a row length, so the strided sample visits
+    every column instead of a few (Adam updates vary by column)."""
+    stride = max(2, numel // SAMPLE_SIZE)
+    while any(stride % divisor == 0 for divisor in range(2, math.isqrt(stride) + 1)):
+        stride += 1
+    return stride
+
+
+def _lower_bound_of_kth_largest(magnitudes: Array, k: int, ops: Ops) -> float:
+    numel = len(magnitudes)
+    stride = _sample_stride(numel)
+    sample = magnitudes[stride // 2 :: stride]
+    size = len(sample)
+    quantile = 1.0 - k / numel
+    margin = BOUND_SIGMAS * math.sqrt(max(quantile * (1.0 - quantile), 1.0 / size) / size)
+    rank = min(size, math.floor((quantile - margin) * size))
+    return ops.kth_smallest(sample, rank) if rank >= 1 else -math.inf
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The k largest entries of a 1-D array: their ascending ``positions`` (an array of the backend that selected
+    them); ``threshold`` (the k-th largest value) and ``last_tie`` (the highest kept position holding it) decide
+    membership without a search."""
+
+    positions: Array
+    threshold: float
+    last_tie: int
+    all_ties_kept: bool
+
+    def contains(self, positions: Array, values: Array) -> Array:
+        """Whether the entries at ``positions``, holding ``values``, are among the k kept."""
+        if self.all_ties_kept:
+            return values >= self.threshold
+        return (values > self.threshold) | ((values == self.threshold) & (positions <= self.last_tie))
+
+
+def top_k(magnitudes: torch.Tensor, k: int, above_mask: torch.Tensor | None = None) -> TopK:
+    """Exactly ``k`` largest entries of the 1-D ``magnitudes``; among entries equal to the k-th largest, the lowest
+    positions win (Adam's first step makes most |delta| equal to lr, and bf16 ties often). ``above_mask``: an
+    optional bool buffer of the same size, to spare an allocation.
+
+    The reference argsorts every tensor at every step. Here only the entries above a sampled lower bound of the k-th
+    largest value (k plus a few per mille of n) are gathered, and the k-th largest is selected among them."""
+    ops = ops_for(magnitudes)
+    values = ops.view(magnitudes)
+    numel = len(values)
+    if k >= numel:
+        return TopK(ops.arange(numel, values), -math.inf, numel - 1, True)
+    candidates = None
+    if numel >= 4 * SAMPLE_SIZE:
+        bound = _lower_bound_of_kth_largest(values, k, ops)
+        mask = None if above_mask is None else ops.view(above_mask)
+        candidates = ops.flatnonzero(ops.greater_equal(values, bound, out=mask))
+        if len(candidates) < k:  # the bound missed: select among all entries
+            candidates = None
+        else:
+            values = ops.take(values, candidates)
+    threshold = ops.kth_smallest(values, len(values) - k + 1)
+    at_least = values >= threshold
+    surplus = ops.count_nonzero(at_least) - k  # entries equal to the threshold beyond the k-th place
+    if surplus == 0:
+        kept = ops.flatnonzero(at_least)
+    else:  # the lowest-positioned ties make up the k
+        ties = values == threshold
+        kept_ties = ops.cumsum(ties) <= ops.count_nonzero(ties) - surplus
+        kept = ops.flatnonzero((values > threshold) | (ties & kept_ties))
+    positions = kept if candidates is None else ops.take(candidates, kept)
+    last_tie = -1
+    if surplus:
+        tie_positions = positions[ops.take(ties, kept)]
+        last_tie = int(tie_positions[-1]) if len(tie_positions) else -1
+    return TopK(positions, threshold, last_tie, surplus == 0)
+
+
+def top_k_positions(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """Ascending positions of exactly ``k`` largest entries (see :func:`top_k`)."""
+    return ops_for(magnitudes).as_tensor(top_k(magnitudes, k).positions)
+
+
+def kept_positions(
+    config: OnlineMergingConfig,
+    *,
+    numel: int,
+    name: str,
+    stream: str,
+    offset: int = 0,
+    param_numel: int | None = None,
+    magnitudes: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Zero the dropped entries of the 1-D tensor ``flat`` in place, rescale the kept ones; return the keep mask.
+    """Ascending positions kept by DARE_p or TIES_p among elements [offset, offset + numel) of parameter ``name``.
 
-    ``offset`` is the position of ``flat[0]`` inside parameter ``name`` (non-zero for a shard).
-    """
-    if config.keep_prob >= 1.0:
-        return torch.ones_like(flat, dtype=torch.bool)
-    dense_l1 = flat.abs().sum(dtype=torch.float32) if config.rescale is Rescale.L1 else None
+    OnDARE draws a keyed Bernoulli(p) mask (``masks.py``); OnTIES needs the slice's ``magnitudes`` and keeps the
+    top ``keep_count`` of them."""
     if config.method is MergeMethod.ONDARE:
-        keep = bernoulli_keep_mask(
-            flat.numel(),
+        return bernoulli_positions(
+            numel,
             config.keep_prob,
             seed=config.seed,
             stream=stream,
             name=name,
             offset=offset,
-            device=flat.device,
+            param_numel=param_numel,
+            device=device,
         )
-    else:
-        magnitudes = flat.abs()
-        keep = magnitudes >= magnitude_threshold(magnitudes, config.keep_prob, seed=config.seed, name=name)
-    flat.mul_(keep)
-    if config.rescale is Rescale.INVERSE_P:
-        flat.div_(config.keep_prob)
-    elif dense_l1 is not None:
-        kept_l1 = flat.abs().sum(dtype=torch.float32)
-        if kept_l1 > 0:
-            flat.mul_((dense_l1 / kept_l1).to(flat.dtype))
-    return keep
+    if magnitudes is None:
+        raise ValueError("TIES_p ranks magnitudes: pass the slice's magnitudes.")
+    return top_k_positions(magnitudes, keep_count(numel, config.keep_prob))
 
 
-def elect_signs(tau_values: torch.Tensor, update_values: torch.Tensor) -> torch.Tensor:
+def rescale_factor(config: OnlineMergingConfig, dense_l1: float | None, kept_l1: float | None) -> float:
+    """Factor applied to the kept entries (see ``Rescale``); L1 needs the L1 norms of the dense and kept vectors."""
+    rescale = config.applied_rescale
+    if rescale is Rescale.INVERSE_P:
+        return 1.0 / config.keep_prob
+    if rescale is Rescale.L1:
+        if dense_l1 is None or kept_l1 is None:
+            raise ValueError("rescale 'l1' needs the L1 norms of the dense and of the kept entries.")
+        return dense_l1 / kept_l1 if kept_l1 > 0 else 1.0
+    return 1.0
+
+
+def sparsify(
+    flat: torch.Tensor,
+    config: OnlineMergingConfig,
+    *,
+    name: str,
+    stream: str,
+    offset: int = 0,
+    param_numel: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, rescaled values) of the entries of the 1-D ``flat`` that DARE_p / TIES_p keep; ``offset`` is the
+    position of ``flat[0]`` inside parameter ``name`` (non-zero for a shard)."""
+    if config.keep_prob >= 1.0:
+        return torch.arange(flat.numel(), device=flat.device), flat.clone()
+    magnitudes = flat.abs() if config.method is MergeMethod.ONTIES or config.applied_rescale is Rescale.L1 else None
+    positions = kept_positions(
+        config,
+        numel=flat.numel(),
+        name=name,
+        stream=stream,
+        offset=offset,
+        param_numel=param_numel,
+        magnitudes=magnitudes,
+        device=flat.device,
+    )
+    values = flat[positions]
+    dense_l1 = kept_l1 = None
+    if magnitudes is not None:
+        dense_l1, kept_l1 = float(magnitudes.sum(dtype=torch.float64)), float(values.abs().sum(dtype=torch.float64))
+    return positions, values.mul_(rescale_factor(config, dense_l1, kept_l1))
+
+
+def elect_signs(tau_values: Array, update_values: Array) -> Array:
     """TIES sign election between the two task vectors at the given entries: +1 where tau' + delta' >= 0, else -1.
 
     The vote is unweighted, as in TIES and the authors' code: alpha weighs the merged values, not the vote, so
     even a tiny alpha lets tau veto update entries that point away from what SFT learned and are smaller than it.
     """
-    return torch.where(tau_values + update_values >= 0, 1, -1).to(tau_values.dtype)
+    return ((tau_values + update_values) >= 0) * 2 - 1

@@ -7,6 +7,7 @@ is a few copies of the largest single parameter, and nothing of either model sta
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,8 +16,9 @@ import torch
 from safetensors import safe_open
 
 from sfmed_lf.merging.config import OnlineMergingConfig
+from sfmed_lf.merging.layout import checkpoint_name
 from sfmed_lf.merging.sparse_delta import SparseDelta
-from sfmed_lf.merging.sparsify import sparsify_
+from sfmed_lf.merging.sparsify import sparsify
 
 TAU_STREAM = "tau"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -112,20 +114,16 @@ class CheckpointReader:
         self._open_files.clear()
 
 
-def checkpoint_name(parameter_name: str) -> str:
-    """Parameter names of wrapped models (DDP's ``module.``, torch.compile's ``_orig_mod.``) as saved on disk."""
-    for prefix in ("module.", "_orig_mod."):
-        while parameter_name.startswith(prefix):
-            parameter_name = parameter_name[len(prefix) :]
-    return parameter_name
-
-
 class TaskVectorSource:
     """Builds sparsified slices of tau = theta_sft - theta_base on demand."""
 
     def __init__(self, sft_name_or_path: str, base_name_or_path: str) -> None:
         self.sft = CheckpointReader(sft_name_or_path, "SFT (theta_sft)")
         self.base = CheckpointReader(base_name_or_path, "base (theta_base)")
+
+    def numel(self, parameter_name: str) -> int:
+        """Elements of the parameter in theta_sft."""
+        return math.prod(self.sft.shape(checkpoint_name(parameter_name)))
 
     def check_compatible(self, parameter_shapes: Mapping[str, Iterable[int]]) -> None:
         """Fail before training if a trainable parameter is missing from either checkpoint or has another shape."""
@@ -163,8 +161,10 @@ class TaskVectorSource:
         # copy=True: safetensors may hand out views of its memory map, which must never be written to.
         tau = self.sft.flat_slice(name, offset, numel).to(device=device, dtype=torch.float32, copy=True)
         tau.sub_(self.base.flat_slice(name, offset, numel).to(device=device, dtype=torch.float32))
-        sparsify_(tau, config, name=name, stream=TAU_STREAM, offset=offset)
-        return SparseDelta.from_dense(tau, dtype=dtype)
+        positions, values = sparsify(
+            tau, config, name=name, stream=TAU_STREAM, offset=offset, param_numel=self.numel(name)
+        )
+        return SparseDelta.from_positions(tau.numel(), positions, values.to(dtype))
 
     def close(self) -> None:
         self.sft.close()

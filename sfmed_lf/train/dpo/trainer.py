@@ -15,7 +15,7 @@ import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
 from transformers.utils import logging
 
-from sfmed_lf.merging.layout import Segment, zero3_layouts, zero12_layouts
+from sfmed_lf.merging.layout import Segment, fsdp1_layouts, zero3_layouts, zero12_layouts
 from sfmed_lf.merging.optimizer import OnlineMergingAdamW
 from sfmed_lf.merging.task_vector import TaskVectorSource
 from sfmed_lf.train.replicas import ReplicaConsistencyCallback
@@ -34,11 +34,7 @@ class SFMedDPOTrainer(CustomDPOTrainer):
         self._task_vector_source: TaskVectorSource | None = None
         if not getattr(finetuning_args, "online_merging_enabled", False):
             return
-        if self.is_fsdp_enabled:
-            raise NotImplementedError(
-                "sfmed online merging runs single-process, under DDP or under DeepSpeed ZeRO-1/2/3; FSDP support is "
-                "not implemented yet."
-            )
+        self._refuse_dropped_fsdp()
         self.merge_config = finetuning_args.online_merging_config(default_seed=self.args.seed)
         if not str(self.args.optim).startswith("adamw_torch"):
             logger.warning(
@@ -54,14 +50,33 @@ class SFMedDPOTrainer(CustomDPOTrainer):
                 if param.requires_grad
             }
         )
-        # Under ZeRO-3 every rank holds different shards by design, so there is nothing to compare.
-        if finetuning_args.sfmed_merge_check_replicas and self._zero_stage() < 3:
+        # Under ZeRO-3 and FSDP every rank holds different shards by design, so there is nothing to compare.
+        if finetuning_args.sfmed_merge_check_replicas and self._zero_stage() < 3 and not self.is_fsdp_enabled:
             self.add_callback(ReplicaConsistencyCallback())
+
+    def _refuse_dropped_fsdp(self) -> None:
+        """accelerate enables FSDP only for accelerator ranks (GPU, NPU, XPU...): with an `fsdp` option on CPU, or in a
+        single process, it trains single-process or DDP instead without a word. Merging in a layout other than the
+        one configured would go unnoticed, so it stops here."""
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            options = " ".join(getattr(option, "value", str(option)) for option in self.args.fsdp)
+            distributed_type = getattr(self.accelerator.state.distributed_type, "value", "unknown")
+            raise ValueError(
+                f"sfmed online merging: `fsdp: {options}` is set, but accelerate is not running FSDP here "
+                f"(distributed type {distributed_type}): it enables FSDP only on "
+                "accelerators (GPUs) with several ranks, and otherwise silently trains without it. Remove `fsdp` "
+                "(DDP and DeepSpeed ZeRO also run on CPU), or launch on GPUs: docs/online_merging_at_scale.md."
+            )
 
     def _zero_stage(self) -> int:
         if not self.is_deepspeed_enabled:
             return 0
         return int(self.accelerator.state.deepspeed_plugin.zero_stage)
+
+    def _fsdp_version(self) -> int:
+        if not self.is_fsdp_enabled:
+            return 0
+        return 2 if self.accelerator.is_fsdp2 else 1
 
     def _sharded_layouts(self) -> dict[int, list[Segment]]:
         """Parameter slices of the flat partitions DeepSpeed's ZeRO optimizer hands to our optimizer."""
@@ -76,8 +91,11 @@ class SFMedDPOTrainer(CustomDPOTrainer):
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         if self.optimizer is None and self._task_vector_source is not None:
+            # Under FSDP1 the Trainer passes the wrapped model (its parameters are the shards); FSDP2 swaps the
+            # parameters for DTensors after this, which the optimizer reads itself.
+            model = args[0] if args else kwargs.get("model") or self.model
             self.optimizer = OnlineMergingAdamW(
-                self._named_parameter_groups(),
+                self._named_parameter_groups(model),
                 config=self.merge_config,
                 task_vector_source=self._task_vector_source,
                 lr=self.args.learning_rate,
@@ -87,16 +105,18 @@ class SFMedDPOTrainer(CustomDPOTrainer):
             )
             if self.is_deepspeed_enabled:
                 self.optimizer.set_layout_resolver(self._sharded_layouts)
+            elif self.is_fsdp_enabled and not self.accelerator.is_fsdp2:
+                self.optimizer.register_layouts(fsdp1_layouts(model))
         return super().create_optimizer(*args, **kwargs)
 
-    def _named_parameter_groups(self) -> list[dict[str, Any]]:
+    def _named_parameter_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
         """Trainer's usual split (no decay for biases and norms), with the parameter names online merging needs."""
-        decay_names = set(self.get_decay_parameter_names(self.model))
+        decay_names = set(self.get_decay_parameter_names(model))
         groups = {
             True: {"params": [], "param_names": [], "weight_decay": self.args.weight_decay},
             False: {"params": [], "param_names": [], "weight_decay": 0.0},
         }
-        for name, param in self.model.named_parameters():
+        for name, param in model.named_parameters():
             if param.requires_grad:
                 group = groups[name in decay_names]
                 group["params"].append(param)
@@ -127,8 +147,10 @@ class SFMedDPOTrainer(CustomDPOTrainer):
             "keep_prob": self.merge_config.keep_prob,
             "alpha": self.merge_config.alpha,
             "rescale": self.merge_config.rescale.value,
+            "applied_rescale": self.merge_config.applied_rescale.value,
             "seed": self.merge_config.seed,
             "zero_stage": self._zero_stage(),
+            "fsdp_version": self._fsdp_version(),
             "merged_elements_rank0": merged,
             "tau_bytes_rank0": tau_bytes,
             "tau_bytes_over_fp32_copy": tau_bytes / (4 * merged) if merged else 0.0,

@@ -1,0 +1,236 @@
+"""Masks and selections of online merging, as the authors' code has them, and tests that fail on a broken mask.
+
+The authors' optimizers (QwenLM/online_merging_optimizers, ODAdamW/OTAdamW) are not shipped here; their behaviour is
+restated: ODAdamW drops every entry of tau and of each update with probability 1 - p through ``F.dropout`` (kept
+entries x 1/p, so the update is AdamW's in expectation); OTAdamW keeps the ``int(p * n)`` largest |entries|
+unscaled (everything when that is 0)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+
+import pytest
+import torch
+
+from sfmed_lf.merging.config import OnlineMergingConfig, Rescale
+from sfmed_lf.merging.layout import Segment
+from sfmed_lf.merging.masks import MASK_CHUNK, bernoulli_positions
+from sfmed_lf.merging.optimizer import merge_adam_step_
+from sfmed_lf.merging.sparse_delta import SparseDelta
+from sfmed_lf.merging.sparsify import keep_count, sparsify, top_k_positions
+from tests.online_merging_helpers import one_group_optimizer
+
+
+def binomial_bound(trials: int, prob: float, sigmas: float = 6.0) -> float:
+    return sigmas * math.sqrt(trials * prob * (1 - prob))
+
+
+def reference_top_k(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k by a full stable sort: largest first, equal values by position."""
+    order = torch.sort(-magnitudes.double(), stable=True).indices
+    return order[:k].sort().values
+
+
+def test_the_default_rescale_follows_the_authors_per_method():
+    assert OnlineMergingConfig("ondare", 0.1, 0.0).rescale is Rescale.AUTHORS
+    assert OnlineMergingConfig("ondare", 0.1, 0.0).applied_rescale is Rescale.INVERSE_P
+    assert OnlineMergingConfig("onties", 0.1, 0.0).applied_rescale is Rescale.NONE
+    assert OnlineMergingConfig("ondare", 0.1, 0.0, rescale="none").applied_rescale is Rescale.NONE
+    assert OnlineMergingConfig("onties", 0.1, 0.0, rescale="inverse_p").applied_rescale is Rescale.INVERSE_P
+
+
+def dense_adam_update(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, lr: float) -> torch.Tensor:
+    """AdamW's update at step 1 with betas (0.9, 0.99), eps 1e-8."""
+    return -lr / 0.1 * exp_avg / (exp_avg_sq.sqrt() / math.sqrt(0.01) + 1e-8)
+
+
+@pytest.mark.parametrize(("rescale", "slope"), [("authors", 1.0), ("none", 0.3)])
+def test_ondare_update_is_adams_in_expectation_as_the_authors_dropout(rescale, slope):
+    """Over 200 seeds, the mean merged update regressed on AdamW's update has slope 1 by default (the authors'
+    F.dropout keeps the expectation) and p with the paper-literal `none`; the kept fraction is p."""
+    numel, keep_prob, seeds, lr = 2000, 0.3, 200, 1e-3
+    generator = torch.Generator().manual_seed(0)
+    exp_avg = torch.randn(numel, generator=generator) * 0.1
+    exp_avg_sq = torch.rand(numel, generator=generator) * 0.01 + 1e-4
+    adam = dense_adam_update(exp_avg, exp_avg_sq, lr)
+    total, kept = torch.zeros(numel, dtype=torch.float64), 0
+    for seed in range(seeds):
+        config = OnlineMergingConfig("ondare", keep_prob, alpha=0.0, rescale=rescale, seed=seed)
+        param = torch.zeros(numel)
+        merge_adam_step_(
+            param,
+            exp_avg,
+            exp_avg_sq,
+            SparseDelta.from_dense(torch.zeros(numel)),
+            config,
+            segments=[Segment("w", 0, numel, 0, numel)],
+            step=1,
+            lr=lr,
+            betas=(0.9, 0.99),
+            eps=1e-8,
+        )
+        total += param.double()
+        kept += int(torch.count_nonzero(param))
+    mean = total / seeds
+    fitted = float((mean * adam.double()).sum() / (adam.double() ** 2).sum())
+    # per-entry mean: standard error |delta| * sqrt((1 - p) / (p * seeds)); the slope pools 2000 entries
+    assert abs(fitted - slope) < 0.03 * slope, fitted
+    assert abs(kept - keep_prob * numel * seeds) < binomial_bound(numel * seeds, keep_prob)
+    nonzero = param != 0
+    torch.testing.assert_close(param[nonzero], adam[nonzero] * (slope / keep_prob))  # kept entries: scaled Adam
+
+
+def test_ondare_tau_is_unbiased_by_default():
+    numel, seeds = 1000, 300
+    tau = torch.randn(numel, generator=torch.Generator().manual_seed(1))
+    total = torch.zeros(numel, dtype=torch.float64)
+    for seed in range(seeds):
+        positions, values = sparsify(tau, OnlineMergingConfig("ondare", 0.2, 0.1, seed=seed), name="w", stream="tau")
+        total[positions] += values.double()
+    fitted = float((total / seeds * tau.double()).sum() / (tau.double() ** 2).sum())
+    assert abs(fitted - 1.0) < 0.04, fitted
+
+
+@pytest.mark.parametrize("numel", [10, 99, 100, 1001, 300_000])
+def test_onties_keeps_the_authors_count_unscaled(numel):
+    """int(p * n) entries as OTAdamW (all when that is 0), exactly the largest, values untouched."""
+    keep_prob = 0.01
+    values = torch.randn(numel, generator=torch.Generator().manual_seed(numel))
+    positions, kept = sparsify(values, OnlineMergingConfig("onties", keep_prob, 0.1), name="w", stream="s")
+    expected_count = int(keep_prob * numel) or numel
+    assert keep_count(numel, keep_prob) == expected_count == positions.numel()
+    assert torch.equal(positions, reference_top_k(values.abs(), expected_count))
+    assert torch.equal(kept, values[positions])
+
+
+def test_keep_count_rounds_like_the_authors():
+    assert keep_count(10, 0.3) == int(0.3 * 10) == 3
+    assert keep_count(100, 0.29) == int(0.29 * 100) == 28  # floating point: 28.999999999999996
+    assert keep_count(50, 0.01) == 50  # int(0.5) = 0: the authors keep everything
+    assert keep_count(7, 1.0) == 7
+
+
+@pytest.mark.parametrize("distribution", ["normal", "heavy-tailed", "many-ties", "mostly-zero", "columns"])
+@pytest.mark.parametrize("keep_prob", [0.001, 0.05, 0.5, 0.999])
+def test_top_k_positions_are_exact(distribution, keep_prob):
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{distribution}/{keep_prob}".encode()))
+    n = 300_000
+    values = {
+        "normal": lambda: torch.randn(n, generator=generator),
+        "heavy-tailed": lambda: torch.randn(n, generator=generator) ** 5,
+        "many-ties": lambda: torch.randint(0, 7, (n,), generator=generator).float(),
+        "mostly-zero": lambda: torch.randn(n, generator=generator) * (torch.rand(n, generator=generator) < 0.01),
+        # rows of 600 with a scale per column: a strided sample hitting few columns would misjudge the quantile
+        "columns": lambda: (torch.randn(500, 600, generator=generator) * torch.logspace(-3, 3, 600)).reshape(-1),
+    }[distribution]()
+    magnitudes = values.abs()
+    k = keep_count(n, keep_prob)
+    assert torch.equal(top_k_positions(magnitudes, k), reference_top_k(magnitudes, k))
+
+
+def test_top_k_falls_back_when_the_sampled_bound_misses(monkeypatch):
+    import sfmed_lf.merging.sparsify as sparsify_module
+
+    monkeypatch.setattr(sparsify_module, "BOUND_SIGMAS", -30.0)  # a bound far above the k-th largest
+    magnitudes = torch.rand(200_000, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(top_k_positions(magnitudes, 10_000), reference_top_k(magnitudes, 10_000))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onties_keeps_exactly_k_on_adams_first_step(dtype):
+    """Adam's first update is lr * g / (|g| + eps): |delta| = lr almost everywhere, and bf16 ties more. Exactly
+    int(p * n) entries move, the largest |delta| first, equal ones by position."""
+    numel, keep_prob, lr = 300_000, 0.05, 1e-3
+    param = torch.zeros(numel, dtype=dtype)
+    param.grad = torch.randn(numel, generator=torch.Generator().manual_seed(7)).to(dtype)
+    optimizer = one_group_optimizer(
+        [("w", param)], OnlineMergingConfig("onties", keep_prob, 0.0), {"w": torch.zeros(numel)}, lr=lr
+    )
+    optimizer.step()
+    moved = torch.nonzero(param).squeeze(1)
+    k = int(keep_prob * numel)
+    assert moved.numel() == k
+    grad = param.grad  # |delta| in AdamW's arithmetic and the parameter's dtype, up to the factor lr / bc1:
+    exp_avg = torch.zeros_like(grad).lerp_(grad, 0.1)
+    exp_avg_sq = torch.zeros_like(grad).addcmul_(grad, grad, value=0.01)
+    adam = (exp_avg / (exp_avg_sq.sqrt() / math.sqrt(0.01) + 1e-8)).abs().float()
+    threshold = adam.kthvalue(numel - k + 1).values
+    assert (adam >= threshold).sum() > k + 100, "the test needs ties at the threshold"
+    assert torch.equal(moved, reference_top_k(adam, k))
+
+
+def test_masks_are_keyed_and_independent_of_slicing():
+    numel, keep_prob = MASK_CHUNK + 5000, 0.05
+    keyed = {"seed": 3, "stream": "update-9", "name": "w", "param_numel": numel}
+    full = bernoulli_positions(numel, keep_prob, **keyed)
+    assert torch.equal(full, bernoulli_positions(numel, keep_prob, **{**keyed, "param_numel": None}))
+    for offset, length in [(0, 10), (123, 4000), (MASK_CHUNK - 100, 300), (MASK_CHUNK + 17, 4983), (0, numel)]:
+        part = bernoulli_positions(length, keep_prob, offset=offset, **keyed)
+        expected = full[(full >= offset) & (full < offset + length)] - offset
+        assert torch.equal(part, expected), (offset, length)
+    for other in ({"stream": "update-10"}, {"name": "v"}, {"seed": 4}):
+        positions = bernoulli_positions(numel, keep_prob, **{**keyed, **other})
+        overlap = len(set(positions.tolist()) & set(full.tolist()))
+        assert abs(overlap - numel * keep_prob**2) < binomial_bound(numel, keep_prob**2), other
+
+
+@pytest.mark.parametrize("keep_prob", [0.001, 0.05, 0.5])
+def test_bernoulli_positions_have_binomial_counts_and_uniform_spread(keep_prob):
+    numel = 3 * MASK_CHUNK // 2
+    for seed in range(3):
+        positions = bernoulli_positions(numel, keep_prob, seed=seed, stream="s", name="w")
+        assert abs(positions.numel() - numel * keep_prob) < binomial_bound(numel, keep_prob)
+        assert bool((positions.diff() > 0).all()) and int(positions[0]) >= 0 and int(positions[-1]) < numel
+        per_tenth = torch.bincount(positions * 10 // numel, minlength=10)
+        assert (per_tenth - numel * keep_prob / 10).abs().max() < binomial_bound(numel // 10, keep_prob)
+
+
+def moved_positions_per_step(config, steps: int, numel: int = 40_000, alpha: float = 0.0):
+    """Positions whose weight moved at each step of a one-parameter run (alpha 0: the kept update entries), and the
+    positions tau' keeps."""
+    param = torch.zeros(numel)
+    optimizer = one_group_optimizer(
+        [("w", param)], config, {"w": torch.randn(numel, generator=torch.Generator().manual_seed(2))}
+    )
+    moved = []
+    for step in range(steps):
+        before = param.clone()
+        param.grad = torch.randn(numel, generator=torch.Generator().manual_seed(step))
+        optimizer.step()
+        moved.append(set(torch.nonzero(param != before).squeeze(1).tolist()))
+    return moved, set(optimizer._task_vectors[param].positions().tolist())
+
+
+def test_ondare_draws_a_fresh_update_mask_every_step():
+    """Consecutive masks overlap like independent draws (p^2 n), not like one reused mask (p n)."""
+    keep_prob, numel = 0.2, 40_000
+    moved, _ = moved_positions_per_step(OnlineMergingConfig("ondare", keep_prob, 0.0), steps=4, numel=numel)
+    for earlier, later in itertools.pairwise(moved):
+        assert abs(len(earlier) - numel * keep_prob) < binomial_bound(numel, keep_prob)
+        overlap = len(earlier & later)
+        assert abs(overlap - numel * keep_prob**2) < binomial_bound(numel, keep_prob**2), overlap
+
+
+def test_ondare_update_and_tau_masks_are_independent():
+    keep_prob, numel = 0.2, 40_000
+    moved, tau_kept = moved_positions_per_step(OnlineMergingConfig("ondare", keep_prob, 0.0), steps=2, numel=numel)
+    assert abs(len(tau_kept) - numel * keep_prob) < binomial_bound(numel, keep_prob)
+    for update_kept in moved:
+        overlap = len(update_kept & tau_kept)
+        assert abs(overlap - numel * keep_prob**2) < binomial_bound(numel, keep_prob**2), overlap
+
+
+def test_tau_is_added_at_its_own_positions_every_step():
+    """alpha = 1 and p < 1: only tau' moves the weights, at the same positions every step, by alpha * tau / p."""
+    numel, keep_prob = 20_000, 0.1
+    tau = torch.randn(numel, generator=torch.Generator().manual_seed(2))
+    param = torch.zeros(numel)
+    optimizer = one_group_optimizer([("w", param)], OnlineMergingConfig("ondare", keep_prob, 1.0), {"w": tau})
+    for step in range(3):
+        param.grad = torch.randn(numel, generator=torch.Generator().manual_seed(step))
+        optimizer.step()
+    kept = param != 0
+    assert abs(int(kept.sum()) - numel * keep_prob) < binomial_bound(numel, keep_prob)
+    torch.testing.assert_close(param[kept], 3 * tau[kept] / keep_prob)
