@@ -97,7 +97,7 @@ def load_official(path: str | None) -> dict[str, type] | None:
     if path is None:
         return None
     sys.path.insert(0, str(Path(path).expanduser().resolve()))
-    from online_merging.optimizers import ODAdamW, OTAdamW  # noqa: PLC0415 - the user's clone, imported on request
+    from online_merging.optimizers import ODAdamW, OTAdamW
 
     return {"official-ondare": ODAdamW, "official-onties": OTAdamW}
 
@@ -270,7 +270,7 @@ def time_whole_step(args, peers: Peers, reference: torch.nn.Module) -> dict:
     for index, (chosen, rejected) in enumerate(batches(args, reference.config.vocab_size, args.warmup + args.steps)):
         chosen, rejected = chosen.to(args.device), rejected.to(args.device)
         for name, trainee in trainees.items():
-            sample = timed(lambda trainee=trainee: trainee.step(chosen, rejected), args.device)
+            sample = timed(lambda t=trainee, c=chosen, r=rejected: t.step(c, r), args.device)
             if index >= args.warmup:
                 samples[name].append(sample)
     return {name: median_times(times) for name, times in samples.items()}

@@ -8,7 +8,8 @@ Each mutant changes one thing in one module: an arithmetic, comparison, boolean 
 numeric constant moved (0 <-> 1, n -> n + 1, x -> 2x), True <-> False, ``not`` dropped, or one statement (a call,
 an assignment, an in-place update) removed. The mutated package is written to a scratch copy, and the fast merging
 tests (``TESTS``) run against it with ``-x`` in a process forked from one that has already imported torch, numpy
-and pytest, so that a mutant costs only its test time. A mutant is killed when a test fails, errors or times out.
+and pytest, so that a mutant costs only its test time; the mutants they let through meet the FSDP torchrun tests
+(``SLOW_TESTS``) in a second round. A mutant is killed when a test fails, errors or times out.
 Mutants in docstrings, error messages, type annotations and ``__repr__``-like code are not generated.
 
 The run writes benchmarks/results/mutation_merging.json: the kill rate and every surviving mutant (file, line,
@@ -38,6 +39,8 @@ TESTS = [
     "tests/test_online_merging_masks.py",
     "tests/test_task_vector.py",
 ]
+# Second round, for the mutants the fast tests let through: FSDP1/FSDP2 on two torchrun ranks (about a minute each).
+SLOW_TESTS = ["tests/test_fsdp_merging.py"]
 BINARY_SWAPS = {
     ast.Add: ast.Sub,
     ast.Sub: ast.Add,
@@ -151,9 +154,7 @@ class _Apply(ast.NodeTransformer):
         if node is not self.target:
             return super().visit(node)
         kind = self.mutant.kind
-        if kind == "binary":
-            node.op = BINARY_SWAPS[type(node.op)]()
-        elif kind == "augmented":
+        if kind == "binary" or kind == "augmented":
             node.op = BINARY_SWAPS[type(node.op)]()
         elif kind == "compare":
             node.ops = [COMPARE_SWAPS[type(node.ops[0])]()]
@@ -175,13 +176,14 @@ def mutated_source(path: Path, mutant: Mutant) -> str:
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
-def _run_tests(workdir: str, timeout: float) -> int:
-    """Fork a child that imports the mutated package from ``workdir`` and runs the tests; its exit status."""
+def _run_tests(workdir: str, tests: list[str], timeout: float) -> int:
+    """Fork a child that imports the mutated package from ``workdir`` and runs ``tests``; its exit status."""
     pid = os.fork()
     if pid == 0:  # child
         try:
             os.chdir(workdir)
             sys.path.insert(0, workdir)
+            os.environ["PYTHONPATH"] = workdir  # for the subprocesses tests start (torchrun)
             # the interpreter's start-up hook (sfmed_lf.pth) may have imported the real package: forget it
             for name in [name for name in sys.modules if name.split(".")[0] in ("sfmed_lf", "tests")]:
                 del sys.modules[name]
@@ -190,8 +192,8 @@ def _run_tests(workdir: str, timeout: float) -> int:
             os.dup2(devnull, 2)
             import pytest
 
-            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *TESTS])
-        except BaseException:  # noqa: BLE001 - any failure of the mutant counts as killed
+            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests])
+        except BaseException:
             code = 99
         os._exit(int(code))
     deadline = time.monotonic() + timeout
@@ -206,8 +208,8 @@ def _run_tests(workdir: str, timeout: float) -> int:
         time.sleep(0.05)
 
 
-def _worker(job: tuple[list[Mutant], float, int]) -> list[dict]:
-    mutants, timeout, worker_id = job
+def _worker(job: tuple[list[Mutant], list[str], float, int]) -> list[dict]:
+    mutants, tests, timeout, worker_id = job
     workdir = tempfile.mkdtemp(prefix=f"sfmed-mutants-{worker_id}-")
     shutil.copytree(REPO_ROOT / "sfmed_lf", Path(workdir) / "sfmed_lf", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO_ROOT / "tests", Path(workdir) / "tests", ignore=shutil.ignore_patterns("__pycache__"))
@@ -219,7 +221,7 @@ def _worker(job: tuple[list[Mutant], float, int]) -> list[dict]:
             original = target.read_text()
             target.write_text(mutated_source(PACKAGE / mutant.file, mutant))
             started = time.monotonic()
-            code = _run_tests(workdir, timeout)
+            code = _run_tests(workdir, tests, timeout)
             target.write_text(original)
             status = "survived" if code == 0 else ("timeout" if code == -9 else "killed")
             results.append({**asdict(mutant), "status": status, "seconds": round(time.monotonic() - started, 1)})
@@ -229,6 +231,16 @@ def _worker(job: tuple[list[Mutant], float, int]) -> list[dict]:
     return results
 
 
+def _survived(result: dict) -> bool:
+    return result["status"] == "survived"
+
+
+def _run_round(mutants: list[Mutant], tests: list[str], args: argparse.Namespace) -> list[dict]:
+    jobs = [(mutants[worker :: args.workers], tests, args.timeout, worker) for worker in range(args.workers)]
+    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        return [result for batch in pool.map(_worker, jobs) for result in batch]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", nargs="*", help="module file names under sfmed_lf/merging (default: all)")
@@ -236,6 +248,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="run only the first N mutants (a smoke run)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant before it counts as killed")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--fast-only", action="store_true", help="skip the second round (FSDP torchrun tests)")
     parser.add_argument("--output", default="benchmarks/results/mutation_merging.json")
     args = parser.parse_args()
     files = sorted(PACKAGE.glob("*.py")) if not args.files else [PACKAGE / name for name in args.files]
@@ -246,27 +259,37 @@ def main() -> None:
         print(f"{len(mutants)} mutants")
         return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import numpy  # noqa: F401, PLC0415 - imported before forking, so that each mutant's process starts warm
-    import pytest  # noqa: F401, PLC0415
+    import numpy  # noqa: F401 - imported before forking, so that each mutant's process starts warm
+    import pytest  # noqa: F401
     import torch
 
     torch.set_num_threads(1)
     started = time.monotonic()
-    jobs = [(mutants[worker :: args.workers], args.timeout, worker) for worker in range(args.workers)]
-    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-        results = [result for batch in pool.map(_worker, jobs) for result in batch]
-    killed = sum(result["status"] != "survived" for result in results)
+    results = _run_round(mutants, TESTS, args)
+    survivors = [Mutant(**{key: r[key] for key in Mutant.__dataclass_fields__}) for r in results if _survived(r)]
+    if survivors and not args.fast_only:
+        print(f"second round: {len(survivors)} survivors against {' '.join(SLOW_TESTS)}", flush=True)
+        second = {(r["file"], r["index"], r["description"]): r for r in _run_round(survivors, SLOW_TESTS, args)}
+        for result in results:
+            key = (result["file"], result["index"], result["description"])
+            if key in second and not _survived(second[key]):
+                result.update(status=f"{second[key]['status']} (slow tests)", seconds=second[key]["seconds"])
+    killed = sum(not _survived(result) for result in results)
     summary = {
         "mutants": len(results),
         "killed": killed,
         "survived": len(results) - killed,
-        "timeouts": sum(result["status"] == "timeout" for result in results),
+        "timeouts": sum(result["status"].startswith("timeout") for result in results),
         "kill_rate": killed / len(results) if results else 0.0,
         "minutes": round((time.monotonic() - started) / 60, 1),
         "tests": TESTS,
-        "survivors": sorted(
-            (r for r in results if r["status"] == "survived"), key=lambda r: (r["file"], r["line"], r["index"])
-        ),
+        "slow_tests": [] if args.fast_only else SLOW_TESTS,
+        "by_file": {
+            name: f"{sum(not _survived(r) for r in results if r['file'] == name)}/"
+            f"{sum(r['file'] == name for r in results)}"
+            for name in sorted({r["file"] for r in results})
+        },
+        "survivors": sorted((r for r in results if _survived(r)), key=lambda r: (r["file"], r["line"], r["index"])),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")

@@ -358,3 +358,25 @@ def test_wrapper_names_are_stripped_anywhere():
     wrapped = "_fsdp_wrapped_module.model.layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.mlp.up_proj.weight"
     assert checkpoint_name(wrapped) == "model.layers.0.mlp.up_proj.weight"
     assert checkpoint_name("model.module.weight") == "model.module.weight"  # an inner module may be called `module`
+
+
+def test_deepspeed_steps_one_group_at_a_time_and_the_checkpoints_stay_open_until_every_partition_has_tau():
+    named = make_params()
+    optimizer, source = merging_optimizer(named, OnlineMergingConfig(MergeMethod.ONDARE, 0.5, 0.1), random_taus(named))
+    weight, bias, head = (param.reshape(-1) for _, param in named)
+    partitions = [weight.clone(), torch.cat([bias, head])]
+    optimizer.register_layouts(
+        {
+            id(partitions[0]): [Segment("layer.weight", 0, 512, 0, 512)],
+            id(partitions[1]): [Segment("layer.bias", 0, 32, 0, 32), Segment("head.weight", 32, 256, 0, 256)],
+        }
+    )
+    groups = optimizer.param_groups
+    for group, partition in zip(groups, partitions, strict=True):
+        group["params"] = [partition]
+        partition.grad = torch.ones_like(partition)
+    for group in groups:  # DeepSpeed's ZeRO-1/2 _optimizer_step: the inner optimizer sees one group per call
+        optimizer.param_groups = [group]
+        optimizer.step()
+        assert source.closed == (group is groups[-1])
+    optimizer.param_groups = groups

@@ -278,6 +278,7 @@ class OnlineMergingAdamW(Optimizer):
         }
         # Whole parameters as far as the optimizer knows; checked against the checkpoint's size when tau is built.
         self._assumed_whole = set(self._segments)
+        self._registered: set[int] = set()
         self._layout_resolver: Callable[[], dict[int, list[Segment]]] | None = None
 
     def register_layouts(self, layouts: dict[int, list[Segment]]) -> None:
@@ -289,6 +290,7 @@ class OnlineMergingAdamW(Optimizer):
             )
             for key, segments in layouts.items()
         }
+        self._registered = set(layouts)
         self._assumed_whole = set()
 
     def set_layout_resolver(self, resolver: Callable[[], dict[int, list[Segment]]]) -> None:
@@ -346,13 +348,15 @@ class OnlineMergingAdamW(Optimizer):
         return tau
 
     def _release_source_when_done(self) -> None:
+        """Close the checkpoints once every tensor has its tau': every registered partition (DeepSpeed steps one
+        group at a time, showing the optimizer a single group) and every tensor of the current groups."""
         if self._task_vector_source is None:
             return
+        built = {id(tensor) for tensor in self._task_vectors}
+        if not self._registered <= built:
+            return
         if all(
-            param in self._task_vectors
-            for group in self.param_groups
-            for param in group["params"]
-            if _local(param).numel()
+            id(param) in built or not _local(param).numel() for group in self.param_groups for param in group["params"]
         ):
             self._task_vector_source.close()
             self._task_vector_source = None
