@@ -48,13 +48,37 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
     LFSymbol("llamafactory.hparams.parser", "_EVAL_ARGS", "item replaced, as _TRAIN_ARGS"),
     LFSymbol("llamafactory.extras.constants", "register_model_group", "called: SF-Med model entries"),
     LFSymbol("llamafactory.extras.constants", "DownloadSource", "read: key of the model paths"),
+    LFSymbol("llamafactory.extras.constants", "DEFAULT_TEMPLATE", "entries added: SF-Med model entries -> `sfmed`"),
     LFSymbol("llamafactory.webui.common", "DEFAULT_DATA_DIR", "replaced by '.' when started from this project's root"),
     LFSymbol("llamafactory.webui.control", "DEFAULT_DATA_DIR", "read: where list_datasets looks by default"),
     LFSymbol(
         "llamafactory.webui.control",
         "list_datasets",
-        "wrapped (components import it after control loads): a broken dataset_info.json is explained",
+        "wrapped (components import it after control loads): missing files left out, a broken dataset_info.json "
+        "explained",
     ),
+    LFSymbol("llamafactory.webui.locales", "LOCALES", "entries added: labels and help of the SF-Med controls (en, zh)"),
+    LFSymbol("llamafactory.webui.locales", "ALERTS", "entries added and read: SF-Med messages on the page"),
+    LFSymbol(
+        "llamafactory.webui.components.train",
+        "create_train_tab",
+        "wrapped (components/__init__ imports it after train loads): SF-Med accordions, compute type that runs",
+    ),
+    LFSymbol(
+        "llamafactory.webui.manager",
+        "Manager",
+        "get_base_elems shadowed on the engine's manager while the Train tab is built: SF-Med controls as inputs",
+    ),
+    LFSymbol(
+        "llamafactory.webui.runner",
+        "Runner",
+        "_initialize, _parse_train_args, monitor wrapped: checks, SF-Med arguments, merging summary in the log box",
+    ),
+    LFSymbol("llamafactory.webui.common", "get_save_dir", "called: where the Board's run writes"),
+    LFSymbol("llamafactory.extras.constants", "TRAINING_STAGES", "read: Board stage name -> stage"),
+    LFSymbol("llamafactory.extras.misc", "is_accelerator_available", "called: the compute type this host runs"),
+    LFSymbol("llamafactory.extras.logging", "get_logger", "called: merging state in LF's log (the Board's log box)"),
+    LFSymbol("llamafactory.train.tuner", "run_dpo", "wrapped: a callback logs the online-merging state"),
     LFSymbol(
         "llamafactory.hparams.parser", "get_infer_args", "wrapped: the privacy guard needs the huggingface backend"
     ),
@@ -136,6 +160,24 @@ def _patch_board_control(module: ModuleType) -> str:
     return patch_board_control(module)
 
 
+def _patch_board_train_tab(module: ModuleType) -> str:
+    from sfmed_lf.board import patch_board_train_tab
+
+    return patch_board_train_tab(module)
+
+
+def _patch_board_runner(module: ModuleType) -> str:
+    from sfmed_lf.board import patch_board_runner
+
+    return patch_board_runner(module)
+
+
+def _patch_tuner(module: ModuleType) -> str:
+    from sfmed_lf.board import patch_tuner
+
+    return patch_tuner(module)
+
+
 def _patch_chat_engine(module: ModuleType) -> str:
     from sfmed_lf.privacy.lf_engine import guard_engine
 
@@ -162,6 +204,9 @@ MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
     "llamafactory.extras.constants": _patch_model_entries,
     "llamafactory.webui.common": _patch_board_common,
     "llamafactory.webui.control": _patch_board_control,
+    "llamafactory.webui.components.train": _patch_board_train_tab,
+    "llamafactory.webui.runner": _patch_board_runner,
+    "llamafactory.train.tuner": _patch_tuner,
     "llamafactory.data.template": _patch_templates,
     "llamafactory.hparams.parser": _patch_parser,
     "llamafactory.train.dpo.trainer": _patch_dpo_trainer,
