@@ -204,6 +204,7 @@ def preview_shows(driver, text: str) -> None:
 
 def screenshot(driver, name: str, element=None) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
+    driver.execute_script("document.activeElement && document.activeElement.blur()")  # no caret in the picture
     if element is None:
         driver.save_screenshot(str(ARTIFACTS / name))
     else:
