@@ -303,6 +303,8 @@ def test_datatrove_engine_equals_native_across_tasks_and_workers(tmp_path):
 
     generator = random.Random(4)
     planted = planted_copies([boilerplate_consultation(generator) for _ in range(150)], (0.03, 0.08), 20, generator)
+    for source in range(10):  # buckets of four: an original and three copies, the copies also close to each other
+        planted.records += [edited_copy(planted.records[source], 0.02, generator) for _ in range(3)]
     half = len(planted.records) // 2
     first = write_rows(tmp_path / "a.json", [{"instruction": t, "output": ""} for t in planted.records[:half]])
     second = write_rows(tmp_path / "b.jsonl", [{"text": t} for t in planted.records[half:]])
