@@ -77,6 +77,9 @@ def test_signatures_equal_their_definition_and_normalisation_is_nfkc():
     signatures = hasher.signatures(texts)
     for text, signature in zip(texts, signatures, strict=True):
         assert (signature == reference_signature(hasher, text)).all(), text
+    wide = ["𠀀𠀁病", GENERAL + "𠀀"]  # beyond 16 bits: the uint32 path of the same kernels
+    for text, signature in zip(wide, hasher.signatures(wide), strict=True):
+        assert (signature == reference_signature(hasher, text)).all(), text
     assert (signatures[5] == signatures[6]).all(), "full-width letters, case and punctuation are normalised away"
     tricky = [*texts, "ｅ\u0301\u3000ｘ", "e<\u0301", "\ud800孤立", "ﬁ℃㎎"]
     assert normalize_batch(tricky) == [normalize(t) for t in tricky]
@@ -227,6 +230,21 @@ def test_ranking_and_multi_turn_rows_are_compared_on_their_whole_content(tmp_pat
     DedupStep(settings).run()
     assert json.loads((out / "pairs.json").read_text()) == [pairs[0], pairs[1], pairs[3]]
     assert [json.loads(line) for line in (out / "chat.jsonl").read_text().splitlines()] == dialogues
+
+
+def test_chunks_of_both_code_widths(tmp_path):
+    """Chunks whose characters all fit in 16 bits are stored as such; one with a rarer CJK character is not."""
+    rows = [
+        {"text": GENERAL},
+        {"text": "𠀀" + GENERAL},
+        {"text": GENERAL + "。"},
+        {"text": consultation(random.Random(1))},
+    ]
+    settings = DedupConfig(datasets=[str(write_rows(tmp_path / "t.jsonl", rows))], output_dir=str(tmp_path / "o"))
+    settings.chunk_size, settings.num_proc = 1, 1
+    DedupStep(settings).run()
+    kept = [json.loads(line) for line in (tmp_path / "o" / "t.jsonl").read_text().splitlines()]
+    assert kept == [rows[0], rows[3]]
 
 
 def test_dedup_within_then_across_datasets(tmp_path):

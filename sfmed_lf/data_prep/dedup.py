@@ -34,7 +34,7 @@ from sfmed_lf.utils.io import atomic_open, atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.jsonl import read_records
 from sfmed_lf.utils.provenance import check_provenance, file_digest
 
-NORMALISATION_VERSION = 2  # bump when normalisation or shingle hashing changes: cached signatures become stale
+NORMALISATION_VERSION = 3  # bump when normalisation or shingle hashing changes: cached signatures become stale
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Encoded:
     @staticmethod
     def concatenate(parts: list[Encoded], num_perm: int) -> Encoded:
         if not parts:
-            return Encoded(np.empty((0, num_perm), np.uint32), np.empty(0, np.uint32), np.zeros(1, np.int64))
+            return Encoded(np.empty((0, num_perm), np.uint32), np.empty(0, np.uint16), np.zeros(1, np.int64))
         offsets, shift = [np.zeros(1, dtype=np.int64)], 0
         for part in parts:
             offsets.append(part.offsets[1:] + shift)
@@ -99,12 +99,15 @@ def save_arrays(path: Path, **arrays: np.ndarray) -> None:
 def load_chunks(files: list[Path], num_perm: int) -> Encoded:
     """The chunks one after the other, read straight into arrays of the final size (no second copy in memory)."""
     records = characters = 0
+    code_type = np.uint16
     for file in files:
         with np.load(file) as archive:
             offsets = archive["offsets"]
             records, characters = records + len(offsets) - 1, characters + int(offsets[-1])
+            if archive["wide"]:
+                code_type = np.uint32
     result = Encoded(
-        np.empty((records, num_perm), dtype=np.uint32), np.empty(characters, np.uint32), np.zeros(records + 1, np.int64)
+        np.empty((records, num_perm), dtype=np.uint32), np.empty(characters, code_type), np.zeros(records + 1, np.int64)
     )
     records = characters = 0
     for file in files:
@@ -181,7 +184,11 @@ class DedupStep:
             try:
                 for index, encoded in zip(todo, results, strict=True):
                     save_arrays(
-                        files[index], signatures=encoded.signatures, codes=encoded.codes, offsets=encoded.offsets
+                        files[index],
+                        signatures=encoded.signatures,
+                        codes=encoded.codes,
+                        offsets=encoded.offsets,
+                        wide=np.array(encoded.codes.dtype == np.uint32),
                     )
                     progress.update(len(chunks[index]))
             finally:

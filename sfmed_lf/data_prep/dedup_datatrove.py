@@ -229,7 +229,7 @@ def _reorder_codes(encoded: Encoded, order: np.ndarray) -> tuple[np.ndarray, np.
     lengths = np.diff(encoded.offsets)[order]
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     pieces = [encoded.codes[encoded.offsets[i] : encoded.offsets[i + 1]] for i in order]
-    codes = np.concatenate(pieces) if pieces else np.empty(0, np.uint32)
+    codes = np.concatenate(pieces) if pieces else np.empty(0, np.uint16)
     return codes, offsets
 
 
