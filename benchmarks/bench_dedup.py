@@ -259,7 +259,8 @@ def speed(args: argparse.Namespace) -> dict:
         sets = [[s.encode("utf-8") for s in shingles] for shingles in python_shingles(batch)]
         return MinHash.bulk(sets, num_perm=config.num_perm)
 
-    datatrove_step = datatrove_signature_step(config)
+    scratch = tempfile.TemporaryDirectory(prefix="bench_dedup_")  # datatrove's step wants an output folder
+    datatrove_step = datatrove_signature_step(config, scratch.name)
 
     def datatrove_signatures(batch: list[str]) -> list:
         return [datatrove_step.get_signature(datatrove_step.get_shingles(text)) for text in batch]
@@ -284,6 +285,7 @@ def speed(args: argparse.Namespace) -> dict:
             _cpu(rensa.RMinHash.digest_matrix_from_flat_token_hashes, flat, offsets64, config.num_perm, 1)[0]
             / len(texts)
         )
+    scratch.cleanup()
     best = {name: min(values) for name, values in seconds.items()}
     ours = best["sfmed"]
     result = {
@@ -306,7 +308,7 @@ def speed(args: argparse.Namespace) -> dict:
     return result
 
 
-def datatrove_signature_step(config: DedupConfig):
+def datatrove_signature_step(config: DedupConfig, folder: str):
     import xxhash
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
     from datatrove.utils.hashing import HashConfig
@@ -315,7 +317,7 @@ def datatrove_signature_step(config: DedupConfig):
 
     bands, rows = 16, config.num_perm // 16
     step = MinhashDedupSignature(
-        output_folder=tempfile.mkdtemp(prefix="bench_dedup_"),
+        output_folder=folder,
         config=MinhashConfig(
             n_grams=config.ngram, num_buckets=bands, hashes_per_bucket=rows, hash_config=HashConfig(precision=32)
         ),
