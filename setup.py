@@ -88,6 +88,8 @@ setup(
             "rouge-chinese>=1.0.3",
             "evaluate>=0.4",
             "rensa>=0.5",  # a peer in benchmarks/bench_dedup.py
+            "hypothesis>=6.100",
+            "import-linter>=2.1",
         ],
         "metrics": ["evaluate>=0.4"],
     },

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from rouge_chinese import Rouge
 
-from sfmed_lf.eval.items import convert, load_items
-from sfmed_lf.eval.rouge import rouge_l_f, tokenize
+from sfmed_lf.eval.convert import convert_items
+from sfmed_lf.formats.items import load_items
+from sfmed_lf.text.rouge import rouge_l_f, tokenize
 from sfmed_lf.utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +30,15 @@ REALDATA = ROOT.parent / "shared" / "realdata"
 
 def benchmark_pairs() -> tuple[str, list[tuple[str, str]]]:
     if REALDATA.is_dir():
-        items = convert("huatuo26m", REALDATA / "zhongjing_huatuo26m_test.jsonl")
-        items += convert("cmtmedqa", REALDATA / "zhongjing_cmtmedqa_test.jsonl")
+        items = convert_items("huatuo26m", REALDATA / "zhongjing_huatuo26m_test.jsonl")[0]
+        items += convert_items("cmtmedqa", REALDATA / "zhongjing_cmtmedqa_test.jsonl")[0]
         source = "realdata: Huatuo-26M + CMtMedQA test slices"
     else:
         items = load_items(ROOT / "data" / "sfmed_eval_dialogue.jsonl")
         source = "bundled evaluation items"
-    references = [item["reference"] for item in items]
+    references = [item.reference for item in items]
     pairs = [(references[i], references[(i + 1) % len(references)]) for i in range(len(references))]
-    return source, pairs + [(item["question"], item["reference"]) for item in items]
+    return source, pairs + [(item.prompt.question, item.reference) for item in items]
 
 
 def median_seconds(function: Callable[[], object], repeats: int) -> float:

@@ -32,10 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sfmed_lf.preference.judge import PAIRS_DATASET  # noqa: E402
-from sfmed_lf.preference.pairs import register  # noqa: E402
+from sfmed_lf.formats.reading import read_rows  # noqa: E402
+from sfmed_lf.preference.pairs import PAIRS_DATASET, register_pairs  # noqa: E402
 from sfmed_lf.preference.selection import FLIP, select_actions, strengths  # noqa: E402
-from sfmed_lf.utils.jsonl import read_records  # noqa: E402
 
 REALDATA = ROOT.parent / "shared" / "realdata"
 
@@ -47,18 +46,18 @@ def bundled_answers() -> list[tuple[str, str]]:
     for row in json.loads((ROOT / "data" / "sfmed_sft_multiturn.json").read_text(encoding="utf-8")):
         turns = row["conversations"]
         answers += [(q["value"], a["value"]) for q, a in zip(turns[::2], turns[1::2], strict=False)]
-    for _, row in read_records(ROOT / "data" / "sfmed_pt_medical.jsonl"):
+    for _, row in read_rows(ROOT / "data" / "sfmed_pt_medical.jsonl"):
         answers.append(("请介绍一下相关的医学知识。", row["text"]))
     return answers
 
 
 def realdata_answers() -> list[tuple[str, str]]:
     answers = []
-    for _, row in read_records(REALDATA / "zhongjing_cmtmedqa_test.jsonl"):
+    for _, row in read_rows(REALDATA / "zhongjing_cmtmedqa_test.jsonl"):
         answers.append((row["instruction"], row["output"]))
-    for _, row in read_records(REALDATA / "toyhom_cmdd_im_sample.jsonl"):
+    for _, row in read_rows(REALDATA / "toyhom_cmdd_im_sample.jsonl"):
         answers.append((row["ask"] or row["title"], row["answer"]))
-    for _, row in read_records(REALDATA / "medicalgpt_sft_medical.jsonl"):
+    for _, row in read_rows(REALDATA / "medicalgpt_sft_medical.jsonl"):
         turns = row["conversations"]
         answers.append((turns[0]["value"], turns[1]["value"]))
     return answers
@@ -125,7 +124,7 @@ def main() -> None:
     out = work / "pref"
     out.mkdir(parents=True, exist_ok=True)
     (out / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pairs))
-    register(out / "dataset_info.json", PAIRS_DATASET, "pairs.jsonl")
+    register_pairs(out / "dataset_info.json", PAIRS_DATASET, "pairs.jsonl")
 
     sfmed = [str(Path(sys.executable).parent / "sfmed")]
     model = work / "model"
@@ -145,7 +144,7 @@ def main() -> None:
         subprocess.run([*sfmed, "pref", step, str(work / "pref.yaml")], check=True, cwd=ROOT)
     elapsed = time.perf_counter() - started
 
-    audit = [row for _, row in read_records(out / "audit.jsonl")]
+    audit = [row for _, row in read_rows(out / "audit.jsonl")]
     ensemble = precision_recall({row["id"] for row in audit if row["action"] == FLIP}, planted)
     chosen = np.array([row["chosen_scores"] for row in audit])
     rejected = np.array([row["rejected_scores"] for row in audit])

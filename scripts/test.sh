@@ -8,4 +8,5 @@ export PATH="$venv/bin:$PATH"
 cd "$root"
 ruff check .
 ruff format --check .
+lint-imports  # the package's layers (contracts in pyproject.toml)
 python -m pytest -ra "$@"

@@ -50,14 +50,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_convert(args: argparse.Namespace) -> int:
-    import json
+    from sfmed_lf.eval.convert import write_items
 
-    from sfmed_lf.eval.items import convert
-    from sfmed_lf.utils.io import atomic_write_text
-
-    items = convert(args.format, args.input, args.dataset)
-    atomic_write_text(args.output, "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
-    print(f"sfmed eval convert: {len(items)} {args.format} items -> {args.output}")
+    for path in write_items(args.format, args.input, args.output, args.dataset, args.skip_invalid):
+        print(f"sfmed eval convert: wrote {path}")
     return 0
 
 
@@ -117,12 +113,13 @@ def _data_registry(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from sfmed_lf.data_prep.registry import CORPORA, merged_dataset_info
+    from sfmed_lf.data_prep.registry import merged_dataset_info
+    from sfmed_lf.formats.corpora import CORPORA
     from sfmed_lf.utils.io import atomic_write_text
 
     for corpus in CORPORA:
         entries = ", ".join(corpus.entry_name(stage) for stage in corpus.stages)
-        print(f"{corpus.title:32} {corpus.source:48} {corpus.raw_format:16} {entries}")
+        print(f"{corpus.title:32} {corpus.source:48} {corpus.raw_schema:16} {entries}")
     path = Path(args.dataset_info)
     current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     merged = merged_dataset_info(current)
@@ -189,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser("eval", help="compare two models: Rouge-L, judge scores, multiple choice")
     eval_steps = evaluation.add_subparsers(dest="step", required=True)
     convert = eval_steps.add_parser("convert", help="a benchmark's published file -> evaluation items (JSONL)")
-    convert.add_argument("format", help="huatuo26m, cmtmedqa, webmedqa, alpaca, cmexam, cmb, ceval")
+    convert.add_argument("format", help="raw schema or registered corpus (as `sfmed data convert`), e.g. cmexam")
     convert.add_argument("input")
     convert.add_argument("output")
     convert.add_argument("--dataset", help="name in the report (default: the input file's stem)")
+    convert.add_argument("--skip-invalid", action="store_true", help="count bad rows in the report, go on")
     convert.set_defaults(run=_eval_convert)
     for step in (*EVAL_STEPS, "all"):
         parser_step = eval_steps.add_parser(step, help="every step in order" if step == "all" else f"the {step} step")
@@ -222,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_arguments(step_parser, f"LF-style YAML (sfmed_lf.data_prep.config.{config_class})")
         step_parser.set_defaults(run=_data)
     convert_data = data_steps.add_parser("convert", help="a corpus of Tables 1-2 from its raw schema to an LF file")
-    convert_data.add_argument("name", help="registered corpus (sfmed data registry lists them) or raw format name")
+    convert_data.add_argument("name", help="registered corpus (sfmed data registry lists them) or raw schema name")
     convert_data.add_argument("input", help="the published file (a directory for cmedqa2 and plain-text corpora)")
     convert_data.add_argument("output", help="LLaMA-Factory .jsonl to write")
     convert_data.add_argument("--stage", choices=("pt", "sft"), help="for corpora registered for both stages")

@@ -7,6 +7,7 @@ All option names start with ``sfmed_``. The subclasses are swapped into LLaMA-Fa
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -168,3 +169,9 @@ class SFMedFinetuningArguments(FinetuningArguments, OnlineMergingArguments, Priv
             self.online_merging_config(default_seed=0)
         except ValueError as error:
             fail(str(error))
+
+
+# Importing this module first imports LLaMA-Factory's parser, whose patch (sfmed_lf.integration, when the plugin is
+# active) needs the classes above: it waited for them.
+if (_integration := sys.modules.get("sfmed_lf.integration")) is not None:
+    _integration.finish_deferred_patches(__name__)

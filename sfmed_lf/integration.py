@@ -108,13 +108,41 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
 )
 
 
+# The modules of this package that import LLaMA-Factory, and why; nothing else may (the import-linter contract
+# "only the modules integration.py names import llamafactory" in pyproject.toml lists the same modules).
+LF_CLIENT_MODULES: dict[str, str] = {
+    "sfmed_lf.integration": "applies the patches of MODULE_PATCHES",
+    "sfmed_lf.hparams": "subclasses FinetuningArguments and DataArguments",
+    "sfmed_lf.train.dpo.trainer": "subclasses CustomDPOTrainer",
+    "sfmed_lf.formats.lf_template": "encodes prompts, conversations and pairs with LF's template and infer_seqlen",
+    "sfmed_lf.serving.lf_chat": "answers in process through LF's ChatModel",
+    "sfmed_lf.privacy.lf_engine": "builds LF's chat Response for the privacy guard's secure answer",
+    "sfmed_lf.board": "LLaMA-Board accordions: LF's locales, components and run arguments",
+}
+
+
 def _patch_templates(module: ModuleType) -> str:
     from sfmed_lf.templates import register_sfmed_templates
 
     return register_sfmed_templates(module)
 
 
+def _when_ready(ours: str, module: ModuleType, apply: Callable[[ModuleType], str]) -> str:
+    """Apply ``apply(module)`` now, or — when our module ``ours`` is the one importing LLaMA-Factory and so is still
+    half-initialised (``python -c "import sfmed_lf.hparams"``) — once ``ours`` has finished: it calls
+    :func:`finish_deferred_patches` at its end."""
+    importing = sys.modules.get(ours)
+    if importing is not None and getattr(importing.__spec__, "_initializing", False):
+        _DEFERRED.append((ours, module, apply))
+        return f"deferred until {ours} is initialised"
+    return apply(module)
+
+
 def _patch_parser(module: ModuleType) -> str:
+    return _when_ready("sfmed_lf.hparams", module, _replace_argument_classes)
+
+
+def _replace_argument_classes(module: ModuleType) -> str:
     from llamafactory.hparams.data_args import DataArguments
     from llamafactory.hparams.finetuning_args import FinetuningArguments
 
@@ -136,6 +164,10 @@ def _patch_parser(module: ModuleType) -> str:
 
 
 def _patch_dpo_trainer(module: ModuleType) -> str:
+    return _when_ready("sfmed_lf.train.dpo.trainer", module, _replace_dpo_trainer)
+
+
+def _replace_dpo_trainer(module: ModuleType) -> str:
     from sfmed_lf.train.dpo.trainer import SFMedDPOTrainer  # binds the original CustomDPOTrainer first
 
     module.CustomDPOTrainer = SFMedDPOTrainer
@@ -215,6 +247,14 @@ MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
 
 # module name -> what its patch did, in this process
 APPLIED: dict[str, str] = {}
+_DEFERRED: list[tuple[str, ModuleType, Callable[[ModuleType], str]]] = []
+
+
+def finish_deferred_patches(ours: str) -> None:
+    """Apply the patches that waited for our module ``ours`` to finish initialising (see :func:`_when_ready`)."""
+    for entry in [entry for entry in _DEFERRED if entry[0] == ours]:
+        _DEFERRED.remove(entry)
+        APPLIED[entry[1].__name__] = entry[2](entry[1])
 
 
 def installed_llamafactory_version() -> str | None:

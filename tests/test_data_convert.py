@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from sfmed_lf.data_prep.convert import convert_corpus
-from sfmed_lf.data_prep.converters import RAW_FORMATS, plain_text_rows
-from sfmed_lf.data_prep.registry import CORPORA, CORPORA_BY_NAME, merged_dataset_info, registry_entries
+from sfmed_lf.data_prep.registry import merged_dataset_info, registry_entries
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.corpora import CORPORA, CORPORA_BY_NAME
+from sfmed_lf.formats.raw import RAW_SCHEMAS, plain_text_rows
+from sfmed_lf.formats.reading import Problems
 from sfmed_lf.tiny_model import build_tiny_model
 from tests.helpers import REALDATA, REPO_ROOT, lf_load_dataset, read_json, run
 
@@ -82,7 +84,7 @@ def test_dataset_info_holds_exactly_the_registry():
     pretraining = {corpus.name for corpus in CORPORA if "pt" in corpus.stages}
     sft = {corpus.name for corpus in CORPORA if "sft" in corpus.stages}
     assert len(pretraining) == 19 and len(sft) == 9 and len(titles) == len(CORPORA)
-    assert set(FIXTURE_OF) == set(CORPORA_BY_NAME) and all(c.raw_format in RAW_FORMATS for c in CORPORA)
+    assert set(FIXTURE_OF) == set(CORPORA_BY_NAME) and all(c.raw_schema in RAW_SCHEMAS for c in CORPORA)
     for name, entry in registry_entries().items():
         assert ("hf_hub_url" in entry) == name.startswith("sfmed_hub_")
 
@@ -169,7 +171,7 @@ def test_bad_rows_name_file_row_and_field_or_are_counted(tmp_path):
         check=False,
     )
     assert result.returncode == 2
-    assert f"{bad}: row 2: missing field 'response'" in result.stderr
+    assert f"{bad}:2: missing field 'response'" in result.stderr
     assert not (tmp_path / "out.jsonl").exists(), "a failed conversion leaves no partial output"
 
     run(
@@ -188,17 +190,17 @@ def test_bad_rows_name_file_row_and_field_or_are_counted(tmp_path):
     report = read_json(tmp_path / "out.jsonl.report.json")
     assert report["written"] == 2 and report["skipped_invalid"] == 1
     assert report["skip_reasons"] == {"missing field 'response'.": 1}
-    assert report["skip_examples"] == [f"{bad}: row 2: missing field 'response'."]
+    assert report["skip_examples"] == [f"{bad}:2: missing field 'response'."]
 
     cases = {
         "disc_med_sft": ({"conversation": [{"role": "assistant", "content": "您好"}]}, "the conversation must open"),
-        "belle_multiturn": ({"instruction": "你好", "output": "好"}, "field 'instruction' must be 'Human:"),
-        "cmexam": ({"Question": "问", "Options": "A 甲\\nB 乙", "Answer": "F"}, "field 'answer' 'F' is not among"),
-        "huatuo_sft": ({"data": "问：一段文字"}, "field 'data' must be a list"),
+        "belle_multiturn": ({"instruction": "你好", "output": "好"}, "field 'instruction': must be 'Human:"),
+        "cmexam": ({"Question": "问", "Options": "A 甲\\nB 乙", "Answer": "F"}, "field 'Answer': 'F' is not among"),
+        "huatuo_sft": ({"data": "问：一段文字"}, "field 'data': must be a non-empty list"),
     }
     for name, (row, message) in cases.items():
         path = write(tmp_path / f"{name}.jsonl", [json.dumps(row, ensure_ascii=False)])
-        with pytest.raises(DataError, match="row 1: " + message.replace("(", r"\(")):
+        with pytest.raises(DataError, match=":1: " + message.replace("(", r"\(")):
             convert_corpus(name, path, tmp_path / f"{name}.out.jsonl", stage="sft")
 
 
@@ -206,7 +208,7 @@ def test_dataset_exclusions_and_trimmed_turns_are_reported(tmp_path):
     report = convert_corpus("webmedqa", FIXTURES / "webmedqa.txt", tmp_path / "w.jsonl")
     assert report["excluded_by_dataset"] == {"webMedQA candidate answer labelled 0 (not the accepted answer)": 1}
     report = convert_corpus("meddiag", FIXTURES / "meddialog.txt", tmp_path / "m.jsonl", stage="sft")
-    assert report["trimmed_unanswered_turns"] == 1  # "谢谢医生" after the last answer
+    assert report["unanswered_last_turns"] == 1  # "谢谢医生" after the last answer, kept in metadata
     first = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert first["conversations"][0]["value"].startswith("疾病：\n慢性胃炎")  # the Description opens the dialogue
     assert len(first["conversations"]) == 4
@@ -215,8 +217,8 @@ def test_dataset_exclusions_and_trimmed_turns_are_reported(tmp_path):
 def test_usage_errors_are_clear(tmp_path):
     for args, message in [
         (["meddiag", "x", "y"], "registered for stages pt, sft: pass --stage"),
-        (["nope", "x", "y"], "unknown corpus or raw format 'nope'"),
-        (["conversation", "x", "y"], "is a raw format, not a registered corpus: pass --form"),
+        (["nope", "x", "y"], "unknown corpus or raw schema 'nope'"),
+        (["conversation", "x", "y"], "is a raw schema, not a registered corpus: pass --form"),
         (["wiki2019zh", str(FIXTURES / "wiki_00"), "y", "--form", "alpaca"], "is pre-training text"),
         (["alpaca_zh", str(tmp_path / "missing.json"), "y"], "no such file or directory"),
     ]:
@@ -227,7 +229,7 @@ def test_usage_errors_are_clear(tmp_path):
 def test_plain_text_groups_paragraphs_up_to_the_limit(tmp_path):
     paragraphs = [f"第{i}段。" + "内容" * 40 for i in range(10)]  # 84-85 characters each
     source = write(tmp_path / "book.txt", [line for p in paragraphs for line in (p, "")])
-    records = list(plain_text_rows(str(source), max_chars=200))
+    records = list(plain_text_rows(str(source), Problems(), max_chars=200))
     assert [len(r["text"].split("\n")) for _, r in records] == [2, 2, 2, 2, 2]
-    assert [number for number, _ in records] == [1, 5, 9, 13, 17]
+    assert [location.line for location, _ in records] == [1, 5, 9, 13, 17]
     assert "\n".join(r["text"] for _, r in records).split("\n") == paragraphs

@@ -125,7 +125,7 @@ def test_mix_errors_name_the_dataset(corpora, tiny):
     base = ["tokenizer=" + str(tiny), f"dataset_dir={corpora}", f"output_dir={corpora / 'out'}"]
     for overrides, message in [
         (["medical=[nope]", "general=[general]"], "no dataset 'nope'"),
-        (["medical=[on_hub]", "general=[general]"], "only local files are counted"),
+        (["medical=[on_hub]", "general=[general]"], "on_hub is not a local file"),
         (["medical=[general]", "general=[general]"], "named as both medical and general"),
         (["medical=[med_short]", "general=[general]", "mix_strategy=concat"], "mix_strategy must be one of"),
     ]:

@@ -310,7 +310,7 @@ def test_dedup_within_then_across_datasets(tmp_path):
     assert {k: v for k, v in rerun.items() if k != "seconds"} == {k: v for k, v in report.items() if k != "seconds"}
     bad = write_rows(tmp_path / "bad.jsonl", [{"prompt": "q"}])
     result = run(["sfmed", "data", "dedup", f"datasets=[{bad}]", f"output_dir={tmp_path / 'bad_out'}"], check=False)
-    assert result.returncode == 2 and "bad.jsonl: row 1: no 'text', 'conversations'" in result.stderr
+    assert result.returncode == 2 and "bad.jsonl:1: cannot tell the form: no 'text', 'conversations'" in result.stderr
     result = run(["sfmed", "data", "dedup", f"datasets=[{first}]", f"output_dir={tmp_path}"], check=False)
     assert result.returncode == 2 and "would overwrite this input" in result.stderr
 
@@ -324,7 +324,7 @@ def test_datatrove_engine_equals_native_across_tasks_and_workers(tmp_path):
     for source in range(10):  # buckets of four: an original and three copies, the copies also close to each other
         planted.records += [edited_copy(planted.records[source], 0.02, generator) for _ in range(3)]
     half = len(planted.records) // 2
-    first = write_rows(tmp_path / "a.json", [{"instruction": t, "output": ""} for t in planted.records[:half]])
+    first = write_rows(tmp_path / "a.json", [{"instruction": t, "output": "。"} for t in planted.records[:half]])
     second = write_rows(tmp_path / "b.jsonl", [{"text": t} for t in planted.records[half:]])
     outputs = {}
     for name, engine, tasks, workers in (

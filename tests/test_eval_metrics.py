@@ -12,11 +12,12 @@ import pytest
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.eval import metric_path
-from sfmed_lf.eval.items import convert, load_items
+from sfmed_lf.eval.convert import convert_items
 from sfmed_lf.eval.judge import parse_score
 from sfmed_lf.eval.mcq import extract_choice, format_prompt, is_correct
 from sfmed_lf.eval.outcomes import count_outcomes, outcome
-from sfmed_lf.eval.rouge import lcs_length, rouge_l_f, tokenize
+from sfmed_lf.formats.items import load_items
+from sfmed_lf.text.rouge import lcs_length, rouge_l_f, tokenize
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from tests.helpers import REALDATA, REPO_ROOT
 
@@ -30,12 +31,16 @@ HANDWRITTEN_PAIRS = [
 ]
 
 
+def convert(name: str, path, dataset: str | None = None) -> list:
+    return convert_items(name, path, dataset)[0]
+
+
 def realdata_pairs() -> list[tuple[str, str]]:
     items = convert("huatuo26m", REALDATA / "zhongjing_huatuo26m_test.jsonl")
     items += convert("cmtmedqa", REALDATA / "zhongjing_cmtmedqa_test.jsonl")
-    references = [item["reference"] for item in items]
+    references = [item.reference for item in items]
     return [(references[i], references[(i + 1) % len(references)]) for i in range(len(references))] + [
-        (item["question"], item["reference"]) for item in items
+        (item.prompt.question, item.reference) for item in items
     ]
 
 
@@ -155,14 +160,15 @@ def test_scoring_of_single_and_multi_answer_questions():
 @needs_realdata
 def test_gold_answers_of_cmexam_are_extracted_from_every_phrasing():
     items = convert("cmexam", REALDATA / "cmexam_val_mirror.jsonl", "CMExam")
-    assert len(items) == 200 and all(item["options"] for item in items)
+    assert len(items) == 200 and all(item.exam.options for item in items)
     phrasings = ["答案：{a}", "故选{a}。", "{a}", "经过分析，正确答案是（{a}）", "The answer is {a}.", "不选X，选{a}"]
     for item in items:
-        wrong = next(letter for letter in item["options"] if letter not in item["answer"])
+        exam = item.exam
+        wrong = next(letter for letter in exam.options if letter not in exam.answer)
         for phrasing in phrasings:
-            answer = phrasing.format(a="、".join(item["answer"])).replace("X", wrong)
-            extraction = extract_choice(answer, item["options"])
-            assert extraction.letters == item["answer"], (answer, extraction)
+            answer = phrasing.format(a="、".join(exam.answer)).replace("X", wrong)
+            extraction = extract_choice(answer, dict(exam.options))
+            assert extraction.letters == exam.answer, (answer, extraction)
 
 
 JUDGMENTS = [
@@ -200,10 +206,11 @@ def test_dialogue_converters_on_real_slices():
     huatuo = convert("huatuo26m", REALDATA / "zhongjing_huatuo26m_test.jsonl", "huatuo26M")
     cmtmedqa = convert("cmtmedqa", REALDATA / "zhongjing_cmtmedqa_test.jsonl", "CMtMedQA")
     assert len(huatuo) == len(cmtmedqa) == 200
-    assert all(item["history"] == [] and item["reference"] for item in huatuo)
-    assert sum(bool(item["history"]) for item in cmtmedqa) > 150, "CMtMedQA is multi-turn"
+    assert all(item.prompt.history == () and item.reference for item in huatuo)
+    assert sum(bool(item.prompt.history) for item in cmtmedqa) > 150, "CMtMedQA is multi-turn"
     first = json.loads((REALDATA / "zhongjing_cmtmedqa_test.jsonl").open().readline())
-    assert cmtmedqa[0]["history"] == first["history"] and cmtmedqa[0]["reference"] == first["output"].strip()
+    assert [list(turn) for turn in cmtmedqa[0].prompt.history] == first["history"]
+    assert cmtmedqa[0].reference == first["output"].strip()
 
 
 def test_cmb_ceval_and_webmedqa_converters_on_published_schemas(tmp_path):
@@ -233,9 +240,9 @@ def test_cmb_ceval_and_webmedqa_converters_on_published_schemas(tmp_path):
             ensure_ascii=False,
         )
     )
-    items = convert("cmb", cmb, "CMB")
-    assert [item["multi_answer"] for item in items] == [False, True]
-    assert "E" not in items[0]["options"], "empty options are dropped"
+    items = convert("cmb_exam", cmb, "CMB")
+    assert [item.exam.multi_answer for item in items] == [False, True]
+    assert "E" not in items[0].exam.options, "empty options are dropped"
     ceval = tmp_path / "clinical_medicine_val.csv"
     with ceval.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -243,11 +250,11 @@ def test_cmb_ceval_and_webmedqa_converters_on_published_schemas(tmp_path):
         writer.writerow(
             ["0", "青霉素最严重的不良反应是", "胃肠反应", "过敏性休克", "肝损害", "肾损害", "B", "过敏性休克可致死"]
         )
-    assert convert("ceval", ceval, "C-Eval")[0]["answer"] == "B"
+    assert convert("ceval", ceval, "C-Eval")[0].exam.answer == "B"
     webmedqa = tmp_path / "medQA.test.txt"
     webmedqa.write_text("q1\t1\t内科\t头痛怎么办\t注意休息，必要时就医\nq1\t0\t内科\t头痛怎么办\t随便吃点药\n")
     items = convert("webmedqa", webmedqa, "webMedQA")
-    assert [(i["question"], i["reference"]) for i in items] == [("头痛怎么办", "注意休息，必要时就医")]
+    assert [(i.prompt.question, i.reference) for i in items] == [("头痛怎么办", "注意休息，必要时就医")]
 
 
 def test_bad_rows_name_the_file_row_and_field(tmp_path):
@@ -258,24 +265,26 @@ def test_bad_rows_name_the_file_row_and_field(tmp_path):
         + json.dumps({"Question": "q", "Options": "A 甲\\nB 乙", "Answer": "F"}, ensure_ascii=False)
         + "\n"
     )
-    with pytest.raises(DataError, match=r"cmexam.jsonl: row 2: field 'answer' 'F' is not among the options"):
+    with pytest.raises(DataError, match=r"cmexam.jsonl:2: field 'Answer': 'F' is not among the options"):
         convert("cmexam", bad)
     missing = tmp_path / "huatuo.jsonl"
     missing.write_text(json.dumps({"instruction": ["q"]}) + "\n")
-    with pytest.raises(DataError, match=r"huatuo.jsonl: row 1: missing field 'output'"):
+    with pytest.raises(DataError, match=r"huatuo.jsonl:1: missing field 'output'"):
         convert("huatuo26m", missing)
-    with pytest.raises(DataError, match="unknown evaluation format"):
+    with pytest.raises(DataError, match="unknown corpus or raw schema 'mmlu'"):
         convert("mmlu", missing)
+    with pytest.raises(DataError, match="'cmb' is now called 'cmb_exam'"):
+        convert("cmb", missing)
 
 
 def test_bundled_items_load():
     dialogue = load_items(REPO_ROOT / "data" / "sfmed_eval_dialogue.jsonl")
     mcq = load_items(REPO_ROOT / "data" / "sfmed_eval_mcq.jsonl")
-    assert {item["dataset"] for item in dialogue} == {"sfmed-single", "sfmed-multi"}
-    assert any(item["history"] for item in dialogue)
-    assert any(item["multi_answer"] for item in mcq)
+    assert {item.dataset for item in dialogue} == {"sfmed-single", "sfmed-multi"}
+    assert any(item.prompt.history for item in dialogue)
+    assert any(item.exam.multi_answer for item in mcq)
     for item in mcq:
-        assert extract_choice(f"答案：{item['answer']}", item["options"]).letters == item["answer"]
+        assert extract_choice(f"答案：{item.exam.answer}", dict(item.exam.options)).letters == item.exam.answer
 
 
 def test_resumable_jsonl_drops_a_torn_line_and_refuses_duplicates(tmp_path):

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sfmed_lf.eval.items import load_items
+from sfmed_lf.formats.items import load_items
 from tests.helpers import REPO_ROOT, VENV_BIN, cli_env, read_json, run
 from tests.servers import ScriptedChatServer, http_json, llamafactory_api
 
 pytestmark = pytest.mark.slow
 ITEM_FILES = [REPO_ROOT / "data" / "sfmed_eval_dialogue.jsonl", REPO_ROOT / "data" / "sfmed_eval_mcq.jsonl"]
 ITEMS = [item for path in ITEM_FILES for item in load_items(path)]
-DIALOGUE = [item for item in ITEMS if item["kind"] == "dialogue"]
-MCQ = [item for item in ITEMS if item["kind"] == "mcq"]
+DIALOGUE = [item for item in ITEMS if item.kind == "dialogue"]
+MCQ = [item for item in ITEMS if item.kind == "mcq"]
 
 
 def write_config(path: Path, **options) -> Path:
@@ -33,7 +33,7 @@ def write_config(path: Path, **options) -> Path:
 def item_of(payload: dict) -> dict:
     """The item an evaluated model is asked about (its question is the last user message)."""
     last = payload["messages"][-1]["content"]
-    return next(item for item in ITEMS if item["question"] in last)
+    return next(item for item in ITEMS if item.prompt.question in last)
 
 
 def scripted_models(payload: dict) -> tuple[int, str]:
@@ -41,9 +41,9 @@ def scripted_models(payload: dict) -> tuple[int, str]:
     item = item_of(payload)
     index = ITEMS.index(item)
     knows = payload["model"] == "good" or index % 2 == 0
-    if item["kind"] == "mcq":
-        return 200, f"经过分析，答案：{item['answer']}" if knows else "这道题我不确定。"
-    return 200, item["reference"] if knows else "建议您多喝热水。"
+    if item.kind == "mcq":
+        return 200, f"经过分析，答案：{item.exam.answer}" if knows else "这道题我不确定。"
+    return 200, item.reference if knows else "建议您多喝热水。"
 
 
 def scripted_judge(payload: dict) -> tuple[int, str]:
@@ -75,30 +75,30 @@ def test_outcomes_judge_scores_and_accuracy_are_what_the_answers_imply(tmp_path)
         requests_first_run = (len(models.requests), len(judge.requests))
         run(["sfmed", "eval", "all", str(config)])  # everything is on disk: no request is sent again
         assert (len(models.requests), len(judge.requests)) == requests_first_run
-    mixed_knows = {item["id"]: ITEMS.index(item) % 2 == 0 for item in ITEMS}
-    distinct_answers = len(DIALOGUE) + sum(not mixed_knows[item["id"]] for item in DIALOGUE)
+    mixed_knows = {item.id: ITEMS.index(item) % 2 == 0 for item in ITEMS}
+    distinct_answers = len(DIALOGUE) + sum(not mixed_knows[item.id] for item in DIALOGUE)
     assert requests_first_run == (2 * len(ITEMS), distinct_answers), "identical answers are judged once (cache)"
 
     rouge = read_json(out / "rouge.json")
-    expected_wins = sum(not mixed_knows[item["id"]] for item in DIALOGUE)
+    expected_wins = sum(not mixed_knows[item.id] for item in DIALOGUE)
     assert rouge["summary"]["All"]["win"] == expected_wins
     assert rouge["summary"]["All"]["tie"] == len(DIALOGUE) - expected_wins and rouge["summary"]["All"]["loss"] == 0
     assert sum(rouge["summary"][d]["n"] for d in ("sfmed-single", "sfmed-multi")) == len(DIALOGUE)
     assert all(row["rouge_l_a"] == 1.0 for row in rouge["items"])
 
     judged = read_json(out / "judge.json")
-    gastroscopy = [item["id"] for item in DIALOGUE if "胃镜" in item["question"]]
+    gastroscopy = [item.id for item in DIALOGUE if "胃镜" in item.prompt.question]
     assert sorted({row["id"] for row in judged["unparseable"]}) == gastroscopy and len(judged["unparseable"]) == 2
-    scored = [item for item in DIALOGUE if item["id"] not in gastroscopy]
+    scored = [item for item in DIALOGUE if item.id not in gastroscopy]
     assert judged["summary"]["All"]["unjudged"] == 1
     assert judged["summary"]["All"]["mean_score_a"] == 9.0
-    expected_b = sum(9 if mixed_knows[item["id"]] else 3 for item in scored) / len(scored)
+    expected_b = sum(9 if mixed_knows[item.id] else 3 for item in scored) / len(scored)
     assert judged["summary"]["All"]["mean_score_b"] == pytest.approx(expected_b)
-    assert judged["summary"]["All"]["win"] == sum(not mixed_knows[item["id"]] for item in scored)
+    assert judged["summary"]["All"]["win"] == sum(not mixed_knows[item.id] for item in scored)
 
     accuracy = read_json(out / "mcq.json")["models"]
     assert accuracy["a"]["accuracy"]["All"]["accuracy"] == 1.0
-    expected_b = sum(mixed_knows[item["id"]] for item in MCQ)
+    expected_b = sum(mixed_knows[item.id] for item in MCQ)
     assert accuracy["b"]["accuracy"]["All"]["correct"] == expected_b
     assert accuracy["b"]["accuracy"]["All"]["unextracted"] == len(MCQ) - expected_b
 
@@ -129,7 +129,7 @@ def test_tiny_models_answer_through_llamafactory_api_and_from_a_checkpoint(pipel
         run(["sfmed", "eval", "all", str(config)])
     for label in ("a", "b"):
         lines = [json.loads(line) for line in (out / "answers" / f"{label}.jsonl").read_text().splitlines()]
-        assert sorted(line["id"] for line in lines) == sorted(item["id"] for item in ITEMS)
+        assert sorted(line["id"] for line in lines) == sorted(item.id for item in ITEMS)
         assert all(isinstance(line["response"], str) for line in lines)
     rouge = read_json(out / "rouge.json")["summary"]["All"]
     assert rouge["win"] + rouge["tie"] + rouge["loss"] == len(DIALOGUE)
@@ -165,7 +165,7 @@ def test_generation_killed_midway_resumes_without_losing_or_doubling(tmp_path):
         assert written_before < len(ITEMS), "killed before the end"
         run(command)
     ids = [json.loads(line)["id"] for line in answers.read_text().splitlines()]
-    assert sorted(ids) == sorted(item["id"] for item in ITEMS), "nothing lost, nothing doubled"
+    assert sorted(ids) == sorted(item.id for item in ITEMS), "nothing lost, nothing doubled"
     assert len(server.requests) <= len(ITEMS) + 1, "only the request in flight at the kill is asked again"
     result = run([*command, "max_new_tokens=64"], check=False)
     assert result.returncode == 2 and "holds results of another model or setting (changed: max_new_tokens)" in (
@@ -180,6 +180,6 @@ def test_steps_out_of_order_and_bad_items_give_one_line_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "dataset": "d", "kind": "dialogue", "question": "q"}\n')
     result = run(["sfmed", "eval", "generate", str(config), f"items=[{bad}]"], check=False)
-    assert result.returncode == 2 and f"{bad}: row 1: missing field 'reference'" in result.stderr
+    assert result.returncode == 2 and f"{bad}:1: missing field 'reference'" in result.stderr
     result = run(["sfmed", "eval", "judge", str(config)], check=False)
     assert result.returncode == 2 and "judge_endpoint is not set" in result.stderr

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from sfmed_lf.preference.judge import PAIRS_DATASET, decide, parse_verdict
-from sfmed_lf.preference.pairs import register
+from sfmed_lf.preference.judge import decide, parse_verdict
+from sfmed_lf.preference.pairs import PAIRS_DATASET, load_pairs, register_pairs
 from sfmed_lf.preference.rule_judge import rule_judge_server, rules, verdict
 from sfmed_lf.preference.selection import select_actions, strengths
 from sfmed_lf.tiny_model import build_tiny_model
@@ -141,12 +141,13 @@ def test_judges_vote_in_both_orders_and_resume(tmp_path):
             failed = run(["sfmed", "pref", "judge", str(judge_config(tmp_path, resumed, broken.base_url))], check=False)
             assert failed.returncode == 2 and "judge unavailable" in failed.stderr
         done_before = len(lines(resumed / "judgments.jsonl"))
-        assert 0 < done_before < 24
+        assert 0 < done_before < 18
         run(["sfmed", "pref", "judge", str(judge_config(tmp_path, resumed, server.base_url))])  # same judges, new URL
     finally:
         server.stop()
     keys = [row["key"] for row in lines(resumed / "judgments.jsonl")]
-    assert len(keys) == len(set(keys)) == 24  # 4 pairs x 3 judges x 2 orders, none twice
+    # 4 pairs x 3 judges x 2 orders, none twice; p1 (GOOD, SHORT) and p2 (SHORT, GOOD) ask the same 6 requests
+    assert len(keys) == len(set(keys)) == 18
     assert [(r["id"], r["chosen"]) for r in lines(resumed / "pairs.jsonl")] == [
         (r["id"], r["chosen"]) for r in lines(whole / "pairs.jsonl")
     ]
@@ -188,7 +189,7 @@ def bundled_pairs(out: Path, count: int) -> list[dict]:
     rows = [{"id": f"b{i}", "history": [], "system": "", **pair} for i, pair in enumerate(pairs)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    register(out / "dataset_info.json", PAIRS_DATASET, "pairs.jsonl")
+    register_pairs(out / "dataset_info.json", PAIRS_DATASET, "pairs.jsonl")
     return rows
 
 
@@ -199,7 +200,7 @@ def test_bad_pairs_are_errors_naming_the_row(tmp_path):
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     result = run(["sfmed", "pref", "score", f"output_dir={tmp_path}"], check=False)
     assert result.returncode == 2
-    assert f"{tmp_path / 'pairs.jsonl'}: row 2: fields 'chosen' and 'rejected' are identical." in result.stderr
+    assert f"{tmp_path / 'pairs.jsonl'}:2: field 'chosen': chosen and rejected are the same answer." in result.stderr
     missing = run(["sfmed", "pref", "train-rms", f"output_dir={tmp_path}"], check=False)
     assert missing.returncode == 2 and "this step needs rm_yaml" in missing.stderr
 
@@ -232,7 +233,11 @@ def test_reward_ensemble_scores_selection_and_loader_plugin(tiny, tmp_path):
     assert refused.returncode == 2 and "changed: data_seed_base" in refused.stderr
 
     run(["sfmed", "pref", "score", str(config)])
-    scores = sorted(lines(out / "scores.jsonl"), key=lambda row: row["model"])
+    keys = [pair.key for pair in load_pairs(out)]  # scores are keyed by each pair's content
+    scores = [
+        {side: [row["scores"][key][index] for key in keys] for index, side in enumerate(("chosen", "rejected"))}
+        for row in sorted(lines(out / "scores.jsonl"), key=lambda row: row["model"])
+    ]
     assert [len(row["chosen"]) for row in scores] == [30, 30, 30]
     assert scores[0]["chosen"] != scores[1]["chosen"], "different data orders give different reward models"
 

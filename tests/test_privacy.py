@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from sfmed_lf.eval.rouge import rouge_l_f
 from sfmed_lf.privacy.config import DEFAULT_SECURE_RESPONSE
 from sfmed_lf.privacy.lf_engine import require_huggingface_backend
+from sfmed_lf.text.rouge import rouge_l_f
 from tests.helpers import REPO_ROOT, VENV_BIN, cli_env, lf_train, read_json, run
 from tests.servers import http_json, serve_api
 

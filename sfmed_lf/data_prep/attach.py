@@ -19,28 +19,26 @@ from tqdm import tqdm
 
 from sfmed_lf.data_prep.config import AttachConfig
 from sfmed_lf.data_prep.diversify import load_instructions
-from sfmed_lf.data_prep.registry import local_dataset_entry
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.datasets import LocalDataset, local_dataset
+from sfmed_lf.formats.lf_rows import Conversation
 from sfmed_lf.utils.io import atomic_open, atomic_write_text
-from sfmed_lf.utils.jsonl import read_records
 
 
-def _entry(config: AttachConfig, name: str) -> dict[str, Any]:
-    hint = "system prompts are attached to local files; download it and register file_name."
-    info_path, entry = local_dataset_entry(config.dataset_dir, name, hint)
-    if entry.get("ranking"):
-        raise DataError(f"{info_path}: {name} is a ranking dataset; system prompts are attached to SFT data.")
-    return entry
-
-
-def is_multi_turn(row: dict[str, Any], entry: dict[str, Any]) -> bool:
-    columns = entry.get("columns", {})
-    if entry.get("formatting") == "sharegpt":
-        messages = row.get(columns.get("messages", "conversations")) or []
-        user_tag = entry.get("tags", {}).get("user_tag", "human")
-        role_tag = entry.get("tags", {}).get("role_tag", "from")
-        return sum(1 for message in messages if message.get(role_tag) == user_tag) > 1
-    return bool(row.get(columns.get("history", "history")))
+def _dataset(config: AttachConfig, name: str) -> LocalDataset:
+    dataset = local_dataset(config.dataset_dir, name)
+    if dataset.entry.kind != "sft":
+        raise DataError(
+            f"datasets: {dataset.info_path}: {name} is {dataset.entry.kind} data; system prompts are "
+            "attached to SFT conversations."
+        )
+    if config.input_dir:
+        files = tuple(Path(config.input_dir) / path.name for path in dataset.files)
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            raise DataError(f"input_dir: {missing[0]} does not exist (dataset {name}).")
+        dataset = LocalDataset(dataset.entry, dataset.info_path, files)
+    return dataset
 
 
 def attach_system_prompts(config: AttachConfig) -> list[Path]:
@@ -50,26 +48,24 @@ def attach_system_prompts(config: AttachConfig) -> list[Path]:
     report: dict[str, Any] = {}
     written = []
     for name in config.datasets:
-        entry = _entry(config, name)
-        source = Path(config.dataset_dir) / entry["file_name"]
-        if config.input_dir:
-            source = Path(config.input_dir) / source.name
-        if not source.is_file():
-            raise DataError(f"{source}: no such file (dataset {name}).")
-        system_column = entry.get("columns", {}).get("system", "system")
+        dataset = _dataset(config, name)
+        entry = dataset.entry
+        system_column = entry.columns.get("system", "system")
         counts = {"single": 0, "multi": 0, "kept_existing": 0}
         target = out / f"{name}_diversified.jsonl"
         with atomic_open(target) as handle:
-            for number, row in tqdm(read_records(source), desc=f"attach {name}", unit="row", mininterval=1.0):
-                if config.keep_existing and str(row.get(system_column) or "").strip():
+            records = tqdm(dataset.records(), desc=f"attach {name}", unit="row", mininterval=1.0)
+            for location, row, conversation in records:
+                assert isinstance(conversation, Conversation)
+                if config.keep_existing and conversation.system.strip():
                     counts["kept_existing"] += 1
                 else:
-                    pool = "multi" if is_multi_turn(row, entry) else "single"
-                    row[system_column] = random.Random(f"{config.seed}-{name}-{number}").choice(pools[pool])
+                    pool = "multi" if conversation.multi_turn else "single"
+                    row[system_column] = random.Random(f"{config.seed}-{name}-{location.row}").choice(pools[pool])
                     counts[pool] += 1
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        columns = {**entry.get("columns", {}), "system": system_column}
-        new_info[f"{name}_diversified"] = {**entry, "file_name": target.name, "columns": columns}
+        columns = {**entry.columns, "system": system_column}
+        new_info[f"{name}_diversified"] = {**entry.raw, "file_name": target.name, "columns": columns}
         report[name] = counts
         written.append(target)
     written += [out / "dataset_info.json", out / "attach_report.json"]

@@ -28,10 +28,10 @@ from sfmed_lf.data_prep.config import DedupConfig
 from sfmed_lf.data_prep.keep import KeepResult, keep_first
 from sfmed_lf.data_prep.lsh import band_parameters, buckets
 from sfmed_lf.data_prep.minhash import MinHasher, encode
-from sfmed_lf.data_prep.records import record_text
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.datasets import dataset_from_file
+from sfmed_lf.formats.lf_rows import whole_text
 from sfmed_lf.utils.io import atomic_open, atomic_write_bytes, atomic_write_text
-from sfmed_lf.utils.jsonl import read_records
 from sfmed_lf.utils.provenance import check_provenance, file_digest
 
 NORMALISATION_VERSION = 3  # bump when normalisation or shingle hashing changes: cached signatures become stale
@@ -51,12 +51,12 @@ class Dataset:
 
 def read_dataset(path: str) -> Dataset:
     """The rows of one LF data file, the whole text of each (every turn, both answers of a ranking row) and ids."""
-    numbered = read_records(path)
+    records = list(dataset_from_file(path).records())
     return Dataset(
         path=path,
-        rows=[row for _, row in numbered],
-        texts=[record_text(path, number, row) for number, row in numbered],
-        ids=[f"{Path(path).name}:{number}" for number, _ in numbered],
+        rows=[row for _, row, _ in records],
+        texts=[whole_text(sample) for _, _, sample in records],
+        ids=[f"{Path(path).name}:{location.row}" for location, _, _ in records],
     )
 
 

@@ -22,17 +22,20 @@ import random
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from sfmed_lf.data_prep.config import DiversifyConfig
-from sfmed_lf.data_prep.minhash import normalize
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats import fields
+from sfmed_lf.formats.conversation import Prompt
+from sfmed_lf.formats.reading import read_rows, read_text_lines
+from sfmed_lf.text.lexicon import Lexicon
+from sfmed_lf.text.ngrams import char_ngrams, jaccard
 from sfmed_lf.utils.io import atomic_write_text
-from sfmed_lf.utils.jsonl import ResumableJsonl, read_records
+from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance
 
 GENERATOR_SYSTEM = (
@@ -54,14 +57,11 @@ _PAIRS = ("（）", "()", "“”", "「」", "『』", "《》", "【】")
 def load_instructions(path: str) -> list[str]:
     """.txt (one per line) or .json/.jsonl rows with a non-empty ``instruction``."""
     if path.endswith(".txt"):
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        return [line.strip() for line in lines if line.strip()]
-    instructions = []
-    for number, row in read_records(path):
-        text = row.get("instruction")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}: row {number}: field 'instruction' must be non-empty text.")
-        instructions.append(text.strip())
+        instructions = [line.strip() for _, line in read_text_lines(path) if line.strip()]
+    else:
+        instructions = [fields.text(location, row, "instruction") for location, row in read_rows(path)]
+    if not instructions:
+        raise DataError(f"{path}: no instructions.")
     return instructions
 
 
@@ -75,28 +75,6 @@ def split_candidates(reply: str) -> list[str]:
     return candidates
 
 
-def trigrams(text: str) -> frozenset[str]:
-    text = normalize(text)
-    return frozenset(text[i : i + 3] for i in range(max(len(text) - 2, 1)))
-
-
-class Lexicon:
-    def __init__(self, path: str | None) -> None:
-        if path is None:
-            text = resources.files("sfmed_lf").joinpath("resources/medical_lexicon.txt").read_text(encoding="utf-8")
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        terms = {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
-        if not terms:
-            raise DataError(f"{path or 'bundled lexicon'}: no terms.")
-        self.digest = hashlib.sha256("\n".join(sorted(terms)).encode()).hexdigest()[:16]
-        # longest first, so 心内科 counts once rather than as 内科 as well
-        self.pattern = re.compile("|".join(re.escape(term) for term in sorted(terms, key=len, reverse=True)))
-
-    def terms_in(self, text: str) -> set[str]:
-        return set(self.pattern.findall(text))
-
-
 @dataclass
 class InstructionCheck:
     lexicon: Lexicon
@@ -107,7 +85,7 @@ class InstructionCheck:
     known: list[frozenset[str]] = field(default_factory=list)
 
     def remember(self, instruction: str) -> None:
-        self.known.append(trigrams(instruction))
+        self.known.append(char_ngrams(instruction, 3))
 
     def rejection(self, text: str) -> str | None:
         """None for an acceptable instruction, else the reason (the report counts them)."""
@@ -121,9 +99,9 @@ class InstructionCheck:
             return "incomplete"
         if len(self.lexicon.terms_in(text)) < self.min_terms:
             return "too_few_medical_terms"
-        shingles = trigrams(text)
+        shingles = char_ngrams(text, 3)
         for other in self.known:
-            if len(shingles & other) / len(shingles | other) >= self.max_similarity:
+            if jaccard(shingles, other) >= self.max_similarity:
                 return "repeats_known_instruction"
         return None
 
@@ -181,11 +159,12 @@ class DiversifyStep:
         answers = rng.sample(banks.answer, config.history_pairs)
         history = [[q, a] for q, a in zip(questions[:-1], answers, strict=True)]
         query = questions[-1]
-        messages = [{"role": "system", "content": GENERATOR_SYSTEM.format(pool_rule=POOL_RULES[config.pool])}]
-        for question, answer in history:
-            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        messages.append({"role": "user", "content": EXPAND_REQUEST.format(query=query, count=config.new_per_round)})
-        return history, query, messages
+        prompt = Prompt(
+            EXPAND_REQUEST.format(query=query, count=config.new_per_round),
+            tuple((q, a) for q, a in history),
+            GENERATOR_SYSTEM.format(pool_rule=POOL_RULES[config.pool]),
+        )
+        return history, query, prompt.messages()
 
     def judge_reply(self, check: InstructionCheck, reply: str) -> tuple[list[str], list[dict[str, str]]]:
         accepted, rejected = [], []

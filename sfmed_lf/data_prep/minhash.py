@@ -20,21 +20,18 @@ normalised code points are returned with the signatures: the exact Jaccard of ca
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 import numba
 import numpy as np
 
+from sfmed_lf.text.normalize import NOT_WORD as _NOT_WORD
+from sfmed_lf.text.normalize import comparison_key as normalize  # noqa: F401 - the key dedup callers hash
+
 _MULTIPLIER = np.uint64(0x100000001B3)  # FNV-style prime for the rolling hash of code points
-_NOT_WORD = re.compile(r"[\W_]+")  # punctuation, spaces, symbols (in C, not a Python loop per character)
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 # upper bound of a signature entry: datatrove's bucket reader treats the largest uint32 as "past the end"
 SIGNATURE_MAX = np.uint32(0xFFFFFFFE)
-
-
-def normalize(text: str) -> str:
-    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
 
 
 def _fullwidth_to_ascii(texts: list[str]) -> str:

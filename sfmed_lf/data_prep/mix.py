@@ -22,33 +22,32 @@ from typing import Any
 import yaml
 
 from sfmed_lf.data_prep.config import MixConfig
-from sfmed_lf.data_prep.registry import local_dataset_entry
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.datasets import local_dataset
 from sfmed_lf.utils.io import atomic_write_text
 
 DATASET_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
-def dataset_files(dataset_dir: str, name: str) -> tuple[str, list[str], str]:
+def dataset_files(dataset_dir: str, name: str, option: str) -> tuple[str, list[str], str]:
     """(loader type, files, text column) of a local pre-training entry of ``dataset_dir``/dataset_info.json."""
-    hint = "only local files are counted; download it and register file_name."
-    info_path, entry = local_dataset_entry(dataset_dir, name, hint)
-    if entry.get("formatting", "alpaca") != "alpaca":
-        raise DataError(f"{info_path}: {name}: a pre-training dataset is alpaca-formatted with a text column.")
-    root = Path(dataset_dir) / entry["file_name"]
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else [str(root)]
-    if not files or not Path(files[0]).exists():
-        raise DataError(f"{info_path}: {name}: {root} does not exist (convert the corpus first).")
+    dataset = local_dataset(dataset_dir, name, option)
+    if dataset.entry.kind != "text":
+        raise DataError(
+            f"{option}: {dataset.info_path}: {name} is {dataset.entry.kind} data; a pre-training dataset is "
+            "alpaca-formatted with a text column (columns: {prompt: text})."
+        )
+    files = [str(path) for path in dataset.files]
     kinds = {DATASET_TYPES.get(Path(f).suffix) for f in files}
     if len(kinds) != 1 or None in kinds:
-        raise DataError(f"{info_path}: {name}: files must share one of {', '.join(DATASET_TYPES)}; got {files[:3]}.")
-    return kinds.pop(), files, entry.get("columns", {}).get("prompt", "instruction")
+        raise DataError(f"{option}: {name}: files must share one of {', '.join(DATASET_TYPES)}; got {files[:3]}.")
+    return kinds.pop(), files, dataset.entry.columns["prompt"]
 
 
-def count_tokens(config: MixConfig, name: str, tokenizer: Any) -> dict[str, Any]:
+def count_tokens(config: MixConfig, name: str, group: str, tokenizer: Any) -> dict[str, Any]:
     from datasets import load_dataset
 
-    kind, files, column = dataset_files(config.dataset_dir, name)
+    kind, files, column = dataset_files(config.dataset_dir, name, group)
     dataset = load_dataset(kind, data_files=files, split="train")
     if column not in dataset.column_names:
         raise DataError(f"{name}: no column {column!r} in {files[0]} (columns: {dataset.column_names}).")
@@ -96,7 +95,7 @@ def run_mix(config: MixConfig) -> list[Path]:
     sources = []
     for group, names in (("medical", config.medical), ("general", config.general)):
         for name in names:
-            sources.append({"dataset": name, "group": group, **count_tokens(config, name, tokenizer)})
+            sources.append({"dataset": name, "group": group, **count_tokens(config, name, group, tokenizer)})
     shares = {"medical": config.medical_share, "general": config.general_share}
     interleave_plan(sources, shares, config.mix_strategy)
     expected_total = sum(s["expected_tokens"] for s in sources)

@@ -31,6 +31,7 @@ class EvalConfig(EndpointOptions):
     model_b_path: str | None = None
     model_b_endpoint: str | None = None
     model_b_served_name: str | None = None
+    template: str = "sfmed"  # LLaMA-Factory template rendering the prompts of local checkpoints (as in training)
     system: str | None = None  # default: the sfmed template's instruction (multi-turn one for dialogue history)
     max_new_tokens: int = 512
     batch_size: int = 8  # local models: prompts per generate() call

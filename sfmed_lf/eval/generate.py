@@ -1,5 +1,7 @@
-"""Answers of one model to every item: local checkpoint (batched greedy ``generate``) or an OpenAI-compatible
-endpoint (concurrent requests). Output ``answers/<a|b>.jsonl``, one line per item id, resumable."""
+"""Answers of one model to every item: a local checkpoint (batched greedy ``generate`` on prompts rendered by
+LLaMA-Factory's chat template, exactly as training and ``llamafactory-cli chat|api`` render them) or an
+OpenAI-compatible endpoint (concurrent requests; the server applies its template). Output ``answers/<a|b>.jsonl``,
+one line per item id, resumable."""
 
 from __future__ import annotations
 
@@ -10,56 +12,68 @@ from tqdm import tqdm
 
 from sfmed_lf.eval.config import EvalConfig, ModelSource
 from sfmed_lf.eval.mcq import format_prompt
+from sfmed_lf.formats.conversation import Prompt
+from sfmed_lf.formats.items import EvalItem
 from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.templates import MULTI_TURN_INSTRUCTION, SINGLE_TURN_INSTRUCTION
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
 
 
-def item_messages(item: dict[str, Any], system: str | None) -> list[dict[str, str]]:
-    """The chat an evaluated model sees: system prompt, dialogue history, then the question."""
-    history = item.get("history") or []
-    if system is None:
-        system = MULTI_TURN_INSTRUCTION if history else SINGLE_TURN_INSTRUCTION
-    question = item["question"]
-    if item["kind"] == "mcq":
-        question = format_prompt(question, item["options"], item.get("multi_answer", False))
-    messages = [{"role": "system", "content": system}]
-    for user_turn, assistant_turn in history:
-        messages += [{"role": "user", "content": user_turn}, {"role": "assistant", "content": assistant_turn}]
-    return [*messages, {"role": "user", "content": question}]
+def item_prompt(item: EvalItem, system: str | None) -> Prompt:
+    """What an evaluated model is asked: the item's own system prompt, else ``system``, else SF-Med's doctor
+    instruction (the multi-turn one when there is history); an MCQ question with its options and answer format."""
+    prompt = item.prompt
+    if not prompt.system:
+        default = MULTI_TURN_INSTRUCTION if prompt.history else SINGLE_TURN_INSTRUCTION
+        prompt = Prompt(prompt.question, prompt.history, system if system is not None else default)
+    if item.exam is not None:
+        question = format_prompt(item.exam.question, dict(item.exam.options), item.exam.multi_answer)
+        prompt = Prompt(question, prompt.history, prompt.system)
+    return prompt
 
 
-def _batches(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+def _batches(items: list[EvalItem], size: int) -> Iterator[list[EvalItem]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 class LocalGenerator:
-    """Greedy decoding with the checkpoint's own chat template, left-padded batches."""
+    """Greedy decoding of left-padded batches; prompts are LLaMA-Factory's encoding under ``template``."""
 
-    def __init__(self, path: str, max_new_tokens: int) -> None:
+    def __init__(self, path: str, template: str, max_new_tokens: int) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from sfmed_lf.formats.lf_template import ChatTemplate
+
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.template = ChatTemplate(self.tokenizer, template)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.max_new_tokens = max_new_tokens
 
-    def __call__(self, chats: list[list[dict[str, str]]]) -> list[str]:
-        prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        inputs = inputs.to(self.model.device)
-        with self.torch.inference_mode():
+    def prompt_ids(self, prompts: list[Prompt]) -> list[list[int]]:
+        return [self.template.prompt_ids(prompt) for prompt in prompts]
+
+    def __call__(self, prompts: list[Prompt]) -> list[str]:
+        torch = self.torch
+        encoded = self.prompt_ids(prompts)
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+        with torch.inference_mode():
             output = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+                input_ids=input_ids.to(self.model.device),
+                attention_mask=attention.to(self.model.device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_id,
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        new_tokens = output[:, width:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
@@ -69,38 +83,39 @@ def answer_provenance(config: EvalConfig, source: ModelSource) -> dict[str, Any]
         "endpoint": source.endpoint,
         "served_model": source.served_model if source.endpoint else None,
         "model": model_fingerprint(source.path) if source.path else None,
+        "template": config.template if source.path else None,
         "system": config.system,
         "max_new_tokens": config.max_new_tokens,
     }
 
 
-def generate_answers(config: EvalConfig, source: ModelSource, items: list[dict[str, Any]]) -> ResumableJsonl:
+def generate_answers(config: EvalConfig, source: ModelSource, items: list[EvalItem]) -> ResumableJsonl:
     check_provenance(config.answers_path(source.label), answer_provenance(config, source))
     output = ResumableJsonl(config.answers_path(source.label))
-    todo = [item for item in items if item["id"] not in output]
+    todo = [item for item in items if item.id not in output]
     if not todo:
         return output
     progress = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"answers of {source.name}", unit="item")
     if source.endpoint:
         endpoint = config.endpoint(source.endpoint, source.served_model)
 
-        def answer(item: dict[str, Any]) -> str:
-            messages = item_messages(item, config.system)
+        def answer(item: EvalItem) -> str:
+            messages = item_prompt(item, config.system).messages()
             return endpoint.complete(messages, temperature=0.0, max_tokens=config.max_new_tokens)
 
         try:
             for batch in _batches(todo, config.concurrency * 4):
                 for item, response in zip(batch, map_concurrently(answer, batch, config.concurrency), strict=True):
-                    output.append({"id": item["id"], "model": source.name, "response": response})
+                    output.append({"id": item.id, "model": source.name, "response": response})
                     progress.update()
         finally:
             endpoint.close()
     elif source.path:
-        generator = LocalGenerator(source.path, config.max_new_tokens)
+        generator = LocalGenerator(source.path, config.template, config.max_new_tokens)
         for batch in _batches(todo, config.batch_size):
-            responses = generator([item_messages(item, config.system) for item in batch])
+            responses = generator([item_prompt(item, config.system) for item in batch])
             for item, response in zip(batch, responses, strict=True):
-                output.append({"id": item["id"], "model": source.name, "response": response})
+                output.append({"id": item.id, "model": source.name, "response": response})
             progress.update(len(batch))
     else:
         raise ValueError(f"model_{source.label}: give model_{source.label}_path or model_{source.label}_endpoint.")

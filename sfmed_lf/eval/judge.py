@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from sfmed_lf.formats.conversation import Prompt
+
 JUDGE_SYSTEM = "你是一名严谨的医学专家评审。"
 JUDGE_PROMPT = (
     "请以参考答案为依据，评价AI医生对患者问题的回答质量，考虑医学准确性、有用性、完整性和安全性。"
@@ -31,10 +33,10 @@ SCORE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
-def judge_messages(question: str, reference: str, answer: str, history: list[list[str]]) -> list[dict[str, str]]:
-    past = "".join(f"[对话历史·患者]\n{q}\n[对话历史·医生]\n{a}\n\n" for q, a in history)
-    prompt = JUDGE_PROMPT.format(history=past, question=question, reference=reference, answer=answer)
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
+def judge_messages(prompt: Prompt, reference: str, answer: str) -> list[dict[str, str]]:
+    past = "".join(f"[对话历史·患者]\n{q}\n[对话历史·医生]\n{a}\n\n" for q, a in prompt.history)
+    request = JUDGE_PROMPT.format(history=past, question=prompt.question, reference=reference, answer=answer)
+    return Prompt(request, system=JUDGE_SYSTEM).messages()
 
 
 def parse_score(judgment: str) -> tuple[float | None, str]:

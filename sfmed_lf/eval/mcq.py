@@ -22,8 +22,9 @@ single-answer question, more than one extracted letter is wrong (not a guess amo
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
+
+from sfmed_lf.text.normalize import nfkc as normalize
 
 SINGLE_ANSWER_PROMPT = "以下是一道单项选择题，请选出唯一正确的答案，并以“答案：X”的格式给出。\n\n{question}\n{options}"
 MULTI_ANSWER_PROMPT = "以下是一道多项选择题，请选出所有正确的答案，并以“答案：XY”的格式给出。\n\n{question}\n{options}"
@@ -56,10 +57,6 @@ class Extraction:
     rule: str  # which rule decided, or "unextracted"
 
 
-def normalize(text: str) -> str:
-    return unicodedata.normalize("NFKC", text)
-
-
 def _letters(raw: str, valid: str) -> str:
     found = {letter for letter in raw.upper() if letter in valid}
     return "".join(sorted(found))
@@ -74,7 +71,7 @@ def _negated(text: str, valid: str) -> set[str]:
     return negated
 
 
-def extract_choice(answer: str, options: dict[str, str]) -> Extraction:
+def extract_choice(answer: str, options: dict[str, str], multi_answer: bool = False) -> Extraction:
     """Option letters the free-form ``answer`` commits to; see the module docstring for the rules."""
     text = normalize(answer).strip()
     valid = "".join(sorted(options))

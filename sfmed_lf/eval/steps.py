@@ -14,27 +14,27 @@ from tqdm import tqdm
 from sfmed_lf.errors import DataError
 from sfmed_lf.eval.config import EvalConfig
 from sfmed_lf.eval.generate import generate_answers
-from sfmed_lf.eval.items import load_items
 from sfmed_lf.eval.judge import judge_messages, parse_score
 from sfmed_lf.eval.mcq import extract_choice, is_correct
 from sfmed_lf.eval.outcomes import count_outcomes, outcome
-from sfmed_lf.eval.rouge import rouge_l_f
+from sfmed_lf.formats.items import EvalItem, load_items
 from sfmed_lf.serving.chat_client import map_concurrently
+from sfmed_lf.text.rouge import rouge_l_f
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
 
 ALL = "All"
 
 
-def all_items(config: EvalConfig) -> list[dict[str, Any]]:
+def all_items(config: EvalConfig) -> list[EvalItem]:
     if not config.items:
-        raise DataError("no evaluation items: set `items` to one or more files written by `sfmed eval convert`.")
+        raise DataError("items: no evaluation items; name one or more files written by `sfmed eval convert`.")
     items, origin = [], {}
     for path in config.items:
         for item in load_items(path):
-            if item["id"] in origin:
-                raise DataError(f"item id {item['id']!r} is in both {origin[item['id']]} and {path}.")
-            origin[item["id"]] = path
+            if item.id in origin:
+                raise DataError(f"items: item id {item.id!r} is in both {origin[item.id]} and {path}.")
+            origin[item.id] = path
             items.append(item)
     return items
 
@@ -46,12 +46,12 @@ def configured_labels(config: EvalConfig) -> list[str]:
     return labels
 
 
-def answers(config: EvalConfig, label: str, items: list[dict[str, Any]]) -> dict[str, str]:
+def answers(config: EvalConfig, label: str, items: list[EvalItem]) -> dict[str, str]:
     path = config.answers_path(label)
     if not path.exists():
         raise DataError(f"{path} does not exist: run `sfmed eval generate` first.")
     written = ResumableJsonl(path).records
-    missing = [item["id"] for item in items if item["id"] not in written]
+    missing = [item.id for item in items if item.id not in written]
     if missing:
         raise DataError(
             f"{path}: no answer for {len(missing)} item(s), e.g. {missing[:3]}; re-run `sfmed eval generate`."
@@ -84,16 +84,16 @@ class RougeStep:
     """Rouge-L F of A and of B against the reference per dialogue item; win/tie/loss per dataset and All."""
 
     def run(self, config: EvalConfig) -> Path:
-        items = [item for item in all_items(config) if item["kind"] == "dialogue"]
+        items = [item for item in all_items(config) if item.kind == "dialogue"]
         answers_a, answers_b = answers(config, "a", items), answers(config, "b", items)
         rows = []
         for item in tqdm(items, desc="Rouge-L", unit="item"):
-            score_a = rouge_l_f(answers_a[item["id"]], item["reference"], config.rouge_tokenizer)
-            score_b = rouge_l_f(answers_b[item["id"]], item["reference"], config.rouge_tokenizer)
+            score_a = rouge_l_f(answers_a[item.id], item.reference, config.rouge_tokenizer)
+            score_b = rouge_l_f(answers_b[item.id], item.reference, config.rouge_tokenizer)
             rows.append(
                 {
-                    "id": item["id"],
-                    "dataset": item["dataset"],
+                    "id": item.id,
+                    "dataset": item.dataset,
                     "rouge_l_a": score_a,
                     "rouge_l_b": score_b,
                     "outcome": outcome(score_a, score_b, config.tie_margin),
@@ -126,16 +126,14 @@ class JudgeStep:
     def run(self, config: EvalConfig) -> Path:
         if not config.judge_endpoint:
             raise DataError("judge_endpoint is not set: the judge step needs an OpenAI-compatible endpoint.")
-        items = [item for item in all_items(config) if item["kind"] == "dialogue"]
+        items = [item for item in all_items(config) if item.kind == "dialogue"]
         responses = {label: answers(config, label, items) for label in ("a", "b")}
         cache = ResumableJsonl(Path(config.output_dir) / "judge" / "judgments.jsonl", key="key")
         endpoint = config.endpoint(config.judge_endpoint, config.judge_model)
         requests = []
         for item in items:
             for label in ("a", "b"):
-                messages = judge_messages(
-                    item["question"], item["reference"], responses[label][item["id"]], item.get("history") or []
-                )
+                messages = judge_messages(item.prompt, item.reference, responses[label][item.id])
                 key = hashlib.sha256(
                     json.dumps([config.judge_model, messages], ensure_ascii=False).encode()
                 ).hexdigest()
@@ -158,19 +156,19 @@ class JudgeStep:
         unparseable = []
         for item, label, key, _ in requests:
             score, rule = parse_score(cache.records[key]["judgment"])
-            scores[item["id"], label] = score
+            scores[item.id, label] = score
             if score is None:
                 unparseable.append(
-                    {"id": item["id"], "model": label, "why": rule, "judgment": cache.records[key]["judgment"][:500]}
+                    {"id": item.id, "model": label, "why": rule, "judgment": cache.records[key]["judgment"][:500]}
                 )
         rows = []
         for item in items:
-            score_a, score_b = scores[item["id"], "a"], scores[item["id"], "b"]
+            score_a, score_b = scores[item.id, "a"], scores[item.id, "b"]
             judged = score_a is not None and score_b is not None
             rows.append(
                 {
-                    "id": item["id"],
-                    "dataset": item["dataset"],
+                    "id": item.id,
+                    "dataset": item.dataset,
                     "score_a": score_a,
                     "score_b": score_b,
                     "outcome": outcome(score_a, score_b, config.tie_margin) if judged else None,
@@ -202,21 +200,23 @@ class McqStep:
     """Option extraction and accuracy per benchmark and for All, for every model with answers."""
 
     def run(self, config: EvalConfig) -> Path:
-        items = [item for item in all_items(config) if item["kind"] == "mcq"]
+        items = [item for item in all_items(config) if item.exam is not None]
         result: dict[str, Any] = {"models": {}}
         for label in configured_labels(config):
             responses = answers(config, label, items)
             rows = []
             for item in items:
-                extraction = extract_choice(responses[item["id"]], item["options"])
+                exam = item.exam
+                assert exam is not None
+                extraction = extract_choice(responses[item.id], dict(exam.options), exam.multi_answer)
                 rows.append(
                     {
-                        "id": item["id"],
-                        "dataset": item["dataset"],
-                        "gold": item["answer"],
+                        "id": item.id,
+                        "dataset": item.dataset,
+                        "gold": exam.answer,
                         "extracted": extraction.letters,
                         "rule": extraction.rule,
-                        "correct": is_correct(extraction, item["answer"], item.get("multi_answer", False)),
+                        "correct": is_correct(extraction, exam.answer, exam.multi_answer),
                     }
                 )
             per_benchmark = {

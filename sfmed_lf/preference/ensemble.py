@@ -22,8 +22,7 @@ from typing import Any
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
-from sfmed_lf.preference.judge import PAIRS_DATASET
-from sfmed_lf.preference.pairs import step_output
+from sfmed_lf.preference.pairs import PAIRS_DATASET, load_pairs
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.provenance import file_digest
 
@@ -51,7 +50,9 @@ def _cli() -> str:
 
 def train_reward_models(config: PreferenceConfig) -> list[Path]:
     config.require("rm_yaml")
-    step_output(config.out / "pairs.jsonl", "judge")
+    if not (config.out / "pairs.jsonl").exists():
+        raise DataError(f"{config.out / 'pairs.jsonl'}: missing; run `sfmed pref judge` first.")
+    load_pairs(config.out)  # every pair readable before any training starts
     status_path = config.out / "ensemble.json"
     inputs = {
         "pairs": file_digest(config.out / "pairs.jsonl"),

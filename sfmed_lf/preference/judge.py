@@ -20,16 +20,20 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sfmed_lf.data_prep.minhash import normalize
+from sfmed_lf.errors import DataError
+from sfmed_lf.formats.conversation import Prompt
+from sfmed_lf.formats.lf_rows import to_ranking_row
+from sfmed_lf.formats.pairs import PreferencePair
+from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.preference.config import PreferenceConfig
-from sfmed_lf.preference.pairs import register, step_output
-from sfmed_lf.preference.sample import RESPONSES
+from sfmed_lf.preference.pairs import PAIRS_DATASET, register_pairs
+from sfmed_lf.preference.sample import RESPONSES, prompt_of
 from sfmed_lf.serving.chat_client import map_concurrently
+from sfmed_lf.text.normalize import comparison_key
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
-from sfmed_lf.utils.provenance import check_provenance
+from sfmed_lf.utils.provenance import check_provenance, text_digest
 
-PAIRS_DATASET = "sfmed_pref_pairs"
 JUDGE_PROMPT = """你是一名资深医学专家，请评价两位医生对同一患者问题的回答。
 评价标准：医学内容是否准确、安全，是否切中患者的问题，建议是否具体可行，表达是否清楚。
 
@@ -66,15 +70,20 @@ def parse_verdict(text: str) -> str | None:
     return alone.pop() if len(alone) == 1 and len(text.strip()) <= 3 else None
 
 
-def judge_prompt(prompt: dict[str, Any], first: str, second: str) -> str:
-    history = "".join(f"[此前的对话]\n患者：{q}\n医生：{a}\n\n" for q, a in prompt["history"])
-    return JUDGE_PROMPT.format(history=history, question=prompt["question"], first=first, second=second)
+def judge_prompt(prompt: Prompt, first: str, second: str) -> str:
+    history = "".join(f"[此前的对话]\n患者：{q}\n医生：{a}\n\n" for q, a in prompt.history)
+    return JUDGE_PROMPT.format(history=history, question=prompt.question, first=first, second=second)
+
+
+def verdict_key(judge_model: str, request: str) -> str:
+    """A cached verdict belongs to the judge and the exact request: the question and both answers in order."""
+    return text_digest(json.dumps([judge_model, request], ensure_ascii=False))
 
 
 def pair_skip_reason(first: str, second: str) -> str | None:
     if not first.strip() or not second.strip():
         return "empty_response"
-    if normalize(first) == normalize(second):
+    if comparison_key(first) == comparison_key(second):
         return "identical_responses"
     return None
 
@@ -91,40 +100,61 @@ def decide(votes: list[str | None], min_votes: int) -> tuple[int | None, str | N
     return winner, None
 
 
+def load_responses(path: Path) -> list[tuple[str, Prompt, list[str]]]:
+    """(prompt id, prompt, responses) of each line the sample step wrote."""
+    if not path.exists():
+        raise DataError(f"{path}: missing; run `sfmed pref sample` first.")
+    loaded = []
+    for location, row in read_rows(path):
+        responses = row.get("responses")
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise location.error("must be a list of texts.", "responses")
+        loaded.append((str(row.get("id", f"p{location.row}")), prompt_of(location, row), responses))
+    if not loaded:
+        raise DataError(f"{path}: empty; run `sfmed pref sample` first.")
+    return loaded
+
+
 def judge_pairs(config: PreferenceConfig) -> list[Path]:
     config.require("judges")
     out = config.out
-    prompts = step_output(out / RESPONSES, "sample")
+    prompts = load_responses(out / RESPONSES)
     cache_path = out / "judgments.jsonl"
     # the judges are the models; their URLs may change between runs (a restarted server)
     judges = [judge.model for judge in config.judges]
-    check_provenance(cache_path, {"judges": judges, "prompt": JUDGE_PROMPT, "max_tokens": config.judge_max_tokens})
+    check_provenance(cache_path, {"prompt": JUDGE_PROMPT, "max_tokens": config.judge_max_tokens})
     cache = ResumableJsonl(cache_path, key="key")
 
     skipped: Counter[str] = Counter()
-    candidates = []  # (prompt, pair index, first, second)
-    for prompt in prompts:
-        responses = prompt["responses"]
+    candidates = []  # (prompt id, prompt, pair index, first, second)
+    for prompt_id, prompt, responses in prompts:
         for pair in range(len(responses) // 2):
             first, second = responses[2 * pair], responses[2 * pair + 1]
             reason = pair_skip_reason(first, second)
             if reason:
                 skipped[reason] += 1
             else:
-                candidates.append((prompt, pair, first, second))
-    requests = [
-        (f"{prompt['id']}|{pair}|{j}|{order}", j, prompt, (first, second) if order == "AB" else (second, first))
-        for prompt, pair, first, second in candidates
+                candidates.append((prompt_id, prompt, pair, first, second))
+
+    def request_of(j: int, prompt: Prompt, shown: tuple[str, str]) -> tuple[str, int, str]:
+        text = judge_prompt(prompt, *shown)
+        return verdict_key(judges[j], text), j, text
+
+    requests = {
+        key: (key, j, text)
+        for _, prompt, _, first, second in candidates
         for j in range(len(config.judges))
-        for order in ("AB", "BA")
-    ]
-    todo = [request for request in requests if request[0] not in cache]
+        for shown in ((first, second), (second, first))
+        for key, j, text in [request_of(j, prompt, shown)]
+    }
+    todo = [request for key, request in requests.items() if key not in cache]
     endpoints = [config.endpoint(judge.url, judge.model) for judge in config.judges]
 
-    def ask(request: tuple[str, int, dict[str, Any], tuple[str, str]]) -> dict[str, Any]:
-        key, j, prompt, (first, second) = request
-        messages = [{"role": "user", "content": judge_prompt(prompt, first, second)}]
-        reply = endpoints[j].complete(messages, temperature=0.0, max_tokens=config.judge_max_tokens)
+    def ask(request: tuple[str, int, str]) -> dict[str, Any]:
+        key, j, text = request
+        reply = endpoints[j].complete(
+            [{"role": "user", "content": text}], temperature=0.0, max_tokens=config.judge_max_tokens
+        )
         return {"key": key, "judge": judges[j], "reply": reply, "verdict": parse_verdict(reply)}
 
     try:
@@ -139,11 +169,11 @@ def judge_pairs(config: PreferenceConfig) -> list[Path]:
             endpoint.close()
 
     rows, per_judge = [], {name: Counter() for name in judges}
-    for prompt, pair, first, second in candidates:
+    for prompt_id, prompt, pair, first, second in candidates:
         votes = []
         for j, name in enumerate(judges):
-            ab = cache.records[f"{prompt['id']}|{pair}|{j}|AB"]["verdict"]
-            ba = cache.records[f"{prompt['id']}|{pair}|{j}|BA"]["verdict"]
+            ab = cache.records[request_of(j, prompt, (first, second))[0]]["verdict"]
+            ba = cache.records[request_of(j, prompt, (second, first))[0]]["verdict"]
             # AB shows (first, second); BA shows (second, first): the same response wins when the letters differ
             vote = None
             if ab is None or ba is None:
@@ -159,18 +189,8 @@ def judge_pairs(config: PreferenceConfig) -> list[Path]:
             skipped[reason] += 1
             continue
         chosen, rejected = (first, second) if winner == 0 else (second, first)
-        rows.append(
-            {
-                "id": f"{prompt['id']}-{pair}",
-                "instruction": prompt["question"],
-                "input": "",
-                "history": prompt["history"],
-                "system": prompt["system"],
-                "chosen": chosen,
-                "rejected": rejected,
-                "votes": votes,
-            }
-        )
+        pair_row = to_ranking_row(PreferencePair(f"{prompt_id}-{pair}", prompt, chosen, rejected))
+        rows.append({**pair_row, "votes": votes})
     report = {
         "prompts": len(prompts),
         "pairs_judged": len(candidates),
@@ -182,5 +202,5 @@ def judge_pairs(config: PreferenceConfig) -> list[Path]:
     written = [out / "pairs.jsonl", out / "judge_report.json", out / "dataset_info.json"]
     atomic_write_text(written[0], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     atomic_write_text(written[1], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    register(out / "dataset_info.json", PAIRS_DATASET, "pairs.jsonl")
+    register_pairs(out / "dataset_info.json", PAIRS_DATASET, "pairs.jsonl")
     return written

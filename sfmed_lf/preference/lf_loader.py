@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sfmed_lf.errors import DataError
-from sfmed_lf.preference.pairs import pair_key
+from sfmed_lf.formats.pairs import pair_key
+from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.preference.selection import DROP, FLIP, select_actions
-from sfmed_lf.utils.jsonl import read_records
 
 
 def audit_actions(data_args: Any) -> dict[str, str]:
     """pair key -> action under the YAML's rule, ranked over every pair of the audit."""
-    rows = [row for _, row in read_records(data_args.sfmed_pref_audit)]
+    path = data_args.sfmed_pref_audit
+    if not Path(path).is_file():
+        raise DataError(f"sfmed_pref_audit: {path} does not exist (it is the audit.jsonl of `sfmed pref select`).")
+    rows = []
+    for location, row in read_rows(path):
+        if not isinstance(row.get("key"), str) or not isinstance(row.get("mean_strength"), int | float):
+            raise location.error("an audit line needs 'key' (text) and 'mean_strength' (a number).", "key")
+        rows.append(row)
     if not rows:
-        raise DataError(f"{data_args.sfmed_pref_audit}: empty audit.")
+        raise DataError(f"sfmed_pref_audit: {path} is empty.")
     actions = select_actions(
         [row["mean_strength"] for row in rows],
         data_args.sfmed_pref_flip_fraction,

@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from sfmed_lf.data_prep.diversify import Lexicon
 from sfmed_lf.serving.chat_server import ChatCompletionServer
+from sfmed_lf.text.lexicon import Lexicon
 
 _ANSWERS = re.compile(r"\[回答A\]\n(?P<a>.*)\n\n\[回答B\]\n(?P<b>.*)\n\n请先比较", re.DOTALL)
 

@@ -8,73 +8,59 @@ per prompt once all k are in, so a killed run re-asks only unfinished prompts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from sfmed_lf.data_prep.converters import RAW_FORMATS, Dialogue
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.conversation import Conversation, Prompt
+from sfmed_lf.formats.raw import raw_schema
+from sfmed_lf.formats.reading import Location
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.utils.jsonl import ResumableJsonl
-from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
+from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_digest
 
 RESPONSES = "responses.jsonl"
 
 
-def load_prompts(config: PreferenceConfig) -> list[dict[str, Any]]:
-    """Prompts (system, history, question) from an SFT file; its answers are not used."""
+def prompt_row(prompt_id: str, prompt: Prompt) -> dict[str, Any]:
+    return {
+        "id": prompt_id,
+        "system": prompt.system,
+        "history": [list(turn) for turn in prompt.history],
+        "question": prompt.question,
+    }
+
+
+def prompt_of(location: Location, row: dict[str, Any]) -> Prompt:
+    """The prompt of a ``responses.jsonl`` row (what the judge step reads back)."""
+    history = row.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(t, list) and len(t) == 2 for t in history):
+        raise location.error("must be a list of [question, answer] pairs.", "history")
+    question, system = row.get("question"), row.get("system") or ""
+    if not isinstance(question, str) or not isinstance(system, str):
+        raise location.error("question and system must be text.", "question")
+    return Prompt(question, tuple((q, a) for q, a in history), system)
+
+
+def load_prompts(config: PreferenceConfig) -> list[tuple[str, Prompt]]:
+    """(id, prompt: system, history, question) of each SFT row; its answer is not used."""
     config.require("prompts")
-    raw_format = RAW_FORMATS[config.prompt_format]
+    schema = raw_schema(config.prompt_format)
     prompts = []
-    for number, row in raw_format.rows(config.prompts):
-        dialogue = raw_format.parse(config.prompts, number, row)
-        assert isinstance(dialogue, Dialogue)
-        *history, (question, _answer) = dialogue.turns
-        prompts.append(
-            {"id": f"p{number}", "system": dialogue.system, "history": [list(t) for t in history], "question": question}
-        )
+    for location, row in schema.read(config.prompts):
+        sample = schema.parse(location, row)
+        if not isinstance(sample, Conversation):
+            raise location.error(f"a {config.prompt_format} row here must be a dialogue.")
+        prompts.append((f"p{location.row}", sample.prompt()))
         if config.max_prompts and len(prompts) == config.max_prompts:
             break
     if not prompts:
-        raise DataError(f"{config.prompts}: no prompts.")
+        raise DataError(f"prompts: {config.prompts} holds no prompts.")
     return prompts
-
-
-def chat_messages(prompt: dict[str, Any]) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": prompt["system"]}] if prompt["system"] else []
-    for question, answer in prompt["history"]:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return [*messages, {"role": "user", "content": prompt["question"]}]
-
-
-class InProcessPolicy:
-    """LLaMA-Factory's ChatModel (``policy_backend``: hf or vLLM engine) on ``policy_path`` with the template."""
-
-    def __init__(self, config: PreferenceConfig) -> None:
-        from llamafactory.chat import ChatModel
-        from transformers import set_seed
-
-        set_seed(config.seed)
-        self.model = ChatModel(
-            {
-                "model_name_or_path": config.policy_path,
-                "template": config.template,
-                "infer_backend": config.policy_backend,
-                "do_sample": True,
-                "temperature": config.temperature,
-                "top_p": config.top_p,
-                "max_new_tokens": config.max_tokens,
-            }
-        )
-        self.k = config.num_responses
-
-    def __call__(self, prompt: dict[str, Any]) -> list[str]:
-        messages = chat_messages(prompt)
-        system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
-        responses = self.model.chat(messages, system=system, num_return_sequences=self.k)
-        return [response.response_text for response in responses]
 
 
 def sample_responses(config: PreferenceConfig) -> list[Path]:
@@ -84,11 +70,12 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
         config.require("policy_path")
         source = {"model": model_fingerprint(config.policy_path), "template": config.template, "seed": config.seed}
     path = config.out / RESPONSES
+    prompt_digest = text_digest(json.dumps([[i, p.texts()] for i, p in prompts], ensure_ascii=False))
     check_provenance(
         path,
         {
             **source,
-            "prompts": config.prompts,
+            "prompts": prompt_digest,
             "k": config.num_responses,
             "temperature": config.temperature,
             "top_p": config.top_p,
@@ -96,36 +83,48 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
         },
     )
     output = ResumableJsonl(path)
-    todo = [prompt for prompt in prompts if prompt["id"] not in output]
+    todo = [(prompt_id, prompt) for prompt_id, prompt in prompts if prompt_id not in output]
     progress = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="sample responses", unit="prompt")
+    k = config.num_responses
     if config.policy_url:
         endpoint = config.endpoint(config.policy_url, config.policy_model)
 
-        def ask(task: tuple[dict[str, Any], int]) -> str:
+        def ask(task: tuple[Prompt, int]) -> str:
             prompt, index = task
             return endpoint.complete(
-                chat_messages(prompt),
+                prompt.messages(),
                 temperature=config.temperature,
                 top_p=config.top_p,
                 max_tokens=config.max_tokens,
                 seed=config.seed + index,
             )
 
-        k = config.num_responses
         try:
             for start in range(0, len(todo), config.concurrency):
                 chunk = todo[start : start + config.concurrency]
-                tasks = [(prompt, index) for prompt in chunk for index in range(k)]
+                tasks = [(prompt, index) for _, prompt in chunk for index in range(k)]
                 answers = list(map_concurrently(ask, tasks, config.concurrency))
-                for position, prompt in enumerate(chunk):
-                    output.append({**prompt, "responses": answers[position * k : (position + 1) * k]})
+                for position, (prompt_id, prompt) in enumerate(chunk):
+                    responses = answers[position * k : (position + 1) * k]
+                    output.append({**prompt_row(prompt_id, prompt), "responses": responses})
                 progress.update(len(chunk))
         finally:
             endpoint.close()
-    else:
-        policy = InProcessPolicy(config) if todo else None
-        for prompt in todo:
-            output.append({**prompt, "responses": policy(prompt)})
+    elif todo:
+        from sfmed_lf.serving.lf_chat import InProcessChatModel
+
+        policy = InProcessChatModel(
+            config.policy_path,
+            config.template,
+            config.policy_backend,
+            config.seed,
+            do_sample=True,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_tokens,
+        )
+        for prompt_id, prompt in todo:
+            output.append({**prompt_row(prompt_id, prompt), "responses": policy.answers(prompt, k)})
             progress.update()
     progress.close()
     return [path]

@@ -1,58 +1,31 @@
 """``sfmed pref score``: every pair scored by every reward model of the ensemble, at full precision.
 
-A pair is encoded as LLaMA-Factory's pairwise preprocessing encodes it for training (the template's
-``encode_oneturn`` for prompt + chosen and prompt + rejected, EOS for efficient-EOS templates, the same
-``infer_seqlen`` truncation at ``cutoff_len``), so the model scores what it was trained on. The score is the value
-head on the last hidden state at the last token, as LF's reward trainer reads it — in float32, not rounded (LF's
-``do_predict`` writes two decimals). Batched, on the GPU when there is one. ``scores.jsonl`` gets one line per model
-(all pairs), so a killed run re-scores only the models it had not finished. Pairs longer than ``cutoff_len`` are
-truncated as in training and listed in ``score_report.json``; a pair without question or responses, or with two
-identical responses, is an error naming its row.
+A pair is encoded as LLaMA-Factory's pairwise preprocessing encodes it for training
+(:meth:`sfmed_lf.formats.lf_template.ChatTemplate.pair_ids`), so the model scores what it was trained on. The score
+is the value head on the last hidden state at the last token, as LF's reward trainer reads it — in float32, not
+rounded (LF's ``do_predict`` writes two decimals). Batched, on the GPU when there is one. ``scores.jsonl`` gets one
+line per model with every pair's scores keyed by the pair's content (:attr:`PreferencePair.key`), so a killed run
+re-scores only the models it had not finished and a later step never applies a score to another pair. Pairs longer
+than ``cutoff_len`` are truncated as in training and listed in ``score_report.json``; a pair without question or
+responses, or with two identical responses, is an error naming its file, line and field.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.lf_template import ChatTemplate
+from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.ensemble import rm_dir, value_head_file
-from sfmed_lf.preference.pairs import prompt_messages, step_output
+from sfmed_lf.preference.pairs import load_pairs
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
-from sfmed_lf.utils.provenance import check_provenance, file_digest, model_fingerprint
-
-
-class PairEncoder:
-    def __init__(self, tokenizer: Any, template_name: str, cutoff_len: int) -> None:
-        from llamafactory.data.processor.processor_utils import infer_seqlen
-        from llamafactory.data.template import get_template_and_fix_tokenizer
-        from llamafactory.hparams import DataArguments
-
-        self.tokenizer, self.cutoff_len, self.infer_seqlen = tokenizer, cutoff_len, infer_seqlen
-        self.template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
-
-    def __call__(self, pair: dict[str, Any]) -> tuple[list[int], list[int], bool]:
-        """(prompt + chosen ids, prompt + rejected ids, whether they were cut to cutoff_len)."""
-        prompt = prompt_messages(pair)
-        system = pair.get("system") or None
-        prompt_ids, chosen = self.template.encode_oneturn(
-            self.tokenizer, [*prompt, {"role": "assistant", "content": pair["chosen"]}], system
-        )
-        _, rejected = self.template.encode_oneturn(
-            self.tokenizer, [*prompt, {"role": "assistant", "content": pair["rejected"]}], system
-        )
-        if self.template.efficient_eos:
-            chosen, rejected = [*chosen, self.tokenizer.eos_token_id], [*rejected, self.tokenizer.eos_token_id]
-        longer = max(len(chosen), len(rejected))
-        source_len, target_len = self.infer_seqlen(len(prompt_ids), longer, self.cutoff_len)
-        cut = len(prompt_ids) + longer > self.cutoff_len
-        prompt_ids = prompt_ids[:source_len]
-        return prompt_ids + chosen[:target_len], prompt_ids + rejected[:target_len], cut
+from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_digest
 
 
 class RewardModel:
@@ -99,26 +72,20 @@ class RewardModel:
             return values.gather(1, last).view(-1).tolist()
 
 
-def validate_pairs(path: Path, pairs: list[dict[str, Any]]) -> None:
-    """Every pair needs a question and two different, non-empty responses; the first bad row is an error."""
-    for number, pair in enumerate(pairs, start=1):
-        for name in ("id", "instruction", "chosen", "rejected"):
-            if not isinstance(pair.get(name), str) or not pair[name].strip():
-                raise DataError(f"{path}: row {number}: field {name!r} must be non-empty text.")
-        if pair["chosen"].strip() == pair["rejected"].strip():
-            raise DataError(f"{path}: row {number}: fields 'chosen' and 'rejected' are identical.")
+def pairs_digest(pairs: list[PreferencePair]) -> str:
+    return text_digest("\n".join(pair.key for pair in pairs))
 
 
 def score_pairs(config: PreferenceConfig) -> list[Path]:
-    pairs_path = config.out / "pairs.jsonl"
-    pairs = step_output(pairs_path, "judge")
-    validate_pairs(pairs_path, pairs)
+    if not (config.out / "pairs.jsonl").exists():
+        raise DataError(f"{config.out / 'pairs.jsonl'}: missing; run `sfmed pref judge` first.")
+    pairs = load_pairs(config.out)
     path = config.out / "scores.jsonl"
     models = [rm_dir(config, i) for i in range(config.num_reward_models)]
     missing = [str(model) for model in models if value_head_file(model) is None]
     if missing:
         raise DataError(f"reward models missing: {', '.join(missing)}; run `sfmed pref train-rms` first.")
-    check_provenance(path, {"pairs": file_digest(pairs_path), "cutoff_len": config.cutoff_len})
+    check_provenance(path, {"pairs": pairs_digest(pairs), "cutoff_len": config.cutoff_len})
     output = ResumableJsonl(path, key="model")
     for index, model_dir in enumerate(tqdm(models, desc="score with reward models", unit="model")):
         fingerprint = model_fingerprint(str(model_dir))
@@ -127,18 +94,22 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
                 raise DataError(f"{path}: model {index} was retrained since it was scored; delete {path} to re-score.")
             continue
         model = RewardModel(model_dir)
-        encoder = PairEncoder(model.tokenizer, config.template, config.cutoff_len)
-        chosen, rejected, truncated = [], [], []
+        template = ChatTemplate(model.tokenizer, config.template)
+        scores: dict[str, list[float]] = {}
+        truncated = []
         for start in range(0, len(pairs), config.score_batch_size):
             batch_pairs = pairs[start : start + config.score_batch_size]
-            batch = [encoder(pair) for pair in batch_pairs]
-            chosen += model.scores([c for c, _, _ in batch])
-            rejected += model.scores([r for _, r, _ in batch])
-            truncated += [pair["id"] for pair, (_, _, cut) in zip(batch_pairs, batch, strict=True) if cut]
+            batch = [template.pair_ids(pair, config.cutoff_len) for pair in batch_pairs]
+            chosen = model.scores([c for c, _, _ in batch])
+            rejected = model.scores([r for _, r, _ in batch])
+            for pair, chosen_score, rejected_score, (_, _, cut) in zip(
+                batch_pairs, chosen, rejected, batch, strict=True
+            ):
+                scores[pair.key] = [chosen_score, rejected_score]
+                if cut:
+                    truncated.append(pair.id)
         if index == 0:
             report = {"pairs": len(pairs), "cutoff_len": config.cutoff_len, "truncated": truncated}
             atomic_write_text(config.out / "score_report.json", json.dumps(report, indent=2) + "\n")
-        output.append(
-            {"model": index, "path": str(model_dir), "fingerprint": fingerprint, "chosen": chosen, "rejected": rejected}
-        )
+        output.append({"model": index, "path": str(model_dir), "fingerprint": fingerprint, "scores": scores})
     return [path]

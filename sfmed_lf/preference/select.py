@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.lf_rows import to_ranking_row
 from sfmed_lf.preference.config import PreferenceConfig
-from sfmed_lf.preference.pairs import register, row_key, step_output
+from sfmed_lf.preference.pairs import load_pairs, register_pairs, step_output
 from sfmed_lf.preference.selection import DROP, FLIP, select_actions, strengths
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.plotting import png_bytes, pyplot
@@ -42,14 +43,22 @@ def decile_statistics(mean: np.ndarray) -> list[dict[str, float]]:
 
 def select_pairs(config: PreferenceConfig) -> list[Path]:
     out = config.out
-    pairs = step_output(out / "pairs.jsonl", "judge")
-    models = sorted(step_output(out / "scores.jsonl", "score"), key=lambda row: row["model"])
+    pairs = load_pairs(out)
+    scores_path = out / "scores.jsonl"
+    models = sorted(step_output(scores_path, "score"), key=lambda row: row["model"])
     if len(models) < config.num_reward_models:
-        raise DataError(f"{out / 'scores.jsonl'}: {len(models)} of {config.num_reward_models} models scored.")
-    chosen = np.array([row["chosen"] for row in models]).T  # [pairs, models]
-    rejected = np.array([row["rejected"] for row in models]).T
-    if chosen.shape[0] != len(pairs):
-        raise DataError(f"{out / 'scores.jsonl'}: scores for {chosen.shape[0]} pairs, pairs.jsonl has {len(pairs)}.")
+        raise DataError(f"{scores_path}: {len(models)} of {config.num_reward_models} models scored.")
+    chosen = np.zeros((len(pairs), len(models)))
+    rejected = np.zeros((len(pairs), len(models)))
+    for column, model in enumerate(models):
+        for row, pair in enumerate(pairs):
+            found = model.get("scores", {}).get(pair.key)
+            if found is None:
+                raise DataError(
+                    f"{scores_path}: no score of model {model['model']} for pair {pair.id!r}: the pairs changed "
+                    "since they were scored; re-run `sfmed pref score` (with a new output_dir or without scores.jsonl)."
+                )
+            chosen[row, column], rejected[row, column] = found
     mean, std = strengths(chosen, rejected)
     actions = select_actions(mean, config.flip_fraction, config.drop_fraction, config.flip_below, config.drop_above)
 
@@ -57,8 +66,8 @@ def select_pairs(config: PreferenceConfig) -> list[Path]:
     for index, (pair, action) in enumerate(zip(pairs, actions, strict=True)):
         audit.append(
             {
-                "id": pair["id"],
-                "key": row_key(pair),
+                "id": pair.id,
+                "key": pair.key,
                 "chosen_scores": chosen[index].tolist(),
                 "rejected_scores": rejected[index].tolist(),
                 "mean_strength": float(mean[index]),
@@ -66,12 +75,8 @@ def select_pairs(config: PreferenceConfig) -> list[Path]:
                 "action": action,
             }
         )
-        if action == DROP:
-            continue
-        row = {key: value for key, value in pair.items() if key != "votes"}
-        if action == FLIP:
-            row["chosen"], row["rejected"] = pair["rejected"], pair["chosen"]
-        selected.append(row)
+        if action != DROP:
+            selected.append(to_ranking_row(pair.flipped() if action == FLIP else pair))
 
     counts = {name: actions.count(name) for name in ("keep", FLIP, DROP)}
     report = {
@@ -95,11 +100,11 @@ def select_pairs(config: PreferenceConfig) -> list[Path]:
     atomic_write_text(written[2], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     written.append(out / "strength_histogram.png")
     atomic_write_bytes(written[-1], _histogram(mean, actions))
-    register(out / "dataset_info.json", config.dataset_name, "selected.jsonl")
+    register_pairs(out / "dataset_info.json", config.dataset_name, "selected.jsonl")
     if config.register_in:
         target = Path(config.register_in)
         relative = os.path.relpath(out.resolve() / "selected.jsonl", target.resolve().parent)
-        register(target, config.dataset_name, Path(relative).as_posix())
+        register_pairs(target, config.dataset_name, Path(relative).as_posix())
         written.append(target)
     return written
 

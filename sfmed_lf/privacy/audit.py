@@ -19,58 +19,34 @@ import torch
 from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
-from sfmed_lf.eval.rouge import rouge_l_f
+from sfmed_lf.formats.conversation import Conversation, Text
+from sfmed_lf.formats.datasets import dataset_from_file
 from sfmed_lf.privacy.config import AuditConfig
+from sfmed_lf.text.rouge import rouge_l_f
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
-from sfmed_lf.utils.jsonl import ResumableJsonl, read_records
+from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.plotting import png_bytes, pyplot
 from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
-
-ROLE_OF_SHAREGPT = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
 @dataclass(frozen=True)
 class TrainingRecord:
     id: str
-    messages: list[dict[str, str]]  # alternating user/assistant, ending with the assistant's label; [] for text
-    system: str | None
-    text: str | None  # pre-training text
+    sample: Conversation | Text
 
     @property
     def query(self) -> str:
-        """What a user would send to obtain this record: the last user turn, or the text's prefix for PT text."""
-        return self.messages[-2]["content"] if self.messages else ""
-
-
-def parse_record(path: str, number: int, row: dict[str, Any]) -> TrainingRecord:
-    record_id = f"{Path(path).name}:{number}"
-    if isinstance(row.get("text"), str):
-        return TrainingRecord(record_id, [], None, row["text"])
-    if "conversations" in row:
-        turns = row["conversations"]
-        if not isinstance(turns, list) or len(turns) < 2:
-            raise DataError(f"{path}: row {number}: field 'conversations' needs a user turn and an answer.")
-        messages = []
-        for turn in turns:
-            role = ROLE_OF_SHAREGPT.get(str(turn.get("from", turn.get("role"))))
-            if role is None:
-                raise DataError(f"{path}: row {number}: field 'conversations': unknown role in {turn!r}.")
-            messages.append({"role": role, "content": str(turn.get("value", turn.get("content", "")))})
-        if messages[-1]["role"] != "assistant":
-            raise DataError(f"{path}: row {number}: field 'conversations' must end with the answer.")
-        return TrainingRecord(record_id, messages, row.get("system"), None)
-    if "instruction" in row and "output" in row:
-        prompt = "\n".join(part for part in (row["instruction"], row.get("input") or "") if part)
-        messages = []
-        for question, answer in row.get("history") or []:
-            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
-        return TrainingRecord(record_id, messages, row.get("system"), None)
-    raise DataError(f"{path}: row {number}: expected 'text', 'conversations' or 'instruction'+'output' fields.")
+        """What a user would send to obtain this record: the last user turn, or "" for pre-training text."""
+        return self.sample.prompt().question if isinstance(self.sample, Conversation) else ""
 
 
 def load_training_records(config: AuditConfig) -> list[TrainingRecord]:
-    records = [parse_record(path, number, row) for path in config.records for number, row in read_records(path)]
+    records = []
+    for path in config.records:
+        for location, _, sample in dataset_from_file(path).records():
+            if not isinstance(sample, Conversation | Text):
+                raise location.error("preference pairs are not training records to audit.")
+            records.append(TrainingRecord(f"{Path(path).name}:{location.row}", sample))
     if config.sample_size is not None and config.sample_size < len(records):
         chosen = sorted(random.Random(config.seed).sample(range(len(records)), config.sample_size))
         records = [records[index] for index in chosen]
@@ -81,19 +57,18 @@ class Splitter:
     """Prefix and suffix token ids of a record, rendered by the LLaMA-Factory template used in training."""
 
     def __init__(self, tokenizer, config: AuditConfig) -> None:  # noqa: ANN001 - any HF tokenizer
-        from llamafactory.data.template import get_template_and_fix_tokenizer
-        from llamafactory.hparams import DataArguments
+        from sfmed_lf.formats.lf_template import ChatTemplate
 
         self.tokenizer, self.config = tokenizer, config
-        self.template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=config.template))
+        self.template = ChatTemplate(tokenizer, config.template)
 
     def __call__(self, record: TrainingRecord) -> tuple[list[int], list[int]]:
-        if record.text is not None:
-            ids = self.tokenizer(record.text, add_special_tokens=False).input_ids
+        if isinstance(record.sample, Text):
+            ids = self.tokenizer(record.sample.text, add_special_tokens=False).input_ids
             if self.config.split == "prompt":
                 raise DataError(f"{record.id}: a pre-training text has no prompt; use split: ratio or tokens.")
             return self._cut(ids)
-        prompt, answer = self.template.encode_oneturn(self.tokenizer, record.messages, record.system)
+        prompt, answer = self.template.conversation_ids(record.sample)
         if self.config.split == "prompt":
             return prompt, answer[: self.config.max_suffix_tokens]
         return self._cut(prompt + answer)

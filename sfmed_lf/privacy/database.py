@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.privacy.config import DatabaseConfig
 from sfmed_lf.privacy.embeddings import centred_unit_rows, pooled_states, resolve_layer
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text
-from sfmed_lf.utils.jsonl import iter_jsonl
 from sfmed_lf.utils.provenance import model_fingerprint
 
 
@@ -28,9 +28,11 @@ def secure_counterparts(config: DatabaseConfig) -> dict[str, str]:
     if not config.secure_responses:
         return {}
     counterparts = {}
-    for number, row in iter_jsonl(config.secure_responses):
-        if not isinstance(row.get("id"), str) or not str(row.get("secure_response") or "").strip():
-            raise DataError(f"{config.secure_responses}:{number}: needs fields 'id' and non-empty 'secure_response'.")
+    for location, row in read_rows(config.secure_responses):
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("secure_response"), str):
+            raise location.error("needs fields 'id' and 'secure_response' (text).")
+        if not row["secure_response"].strip():
+            raise location.error("is empty.", "secure_response")
         counterparts[row["id"]] = row["secure_response"].strip()
     return counterparts
 
@@ -42,8 +44,8 @@ def build_database(config: DatabaseConfig) -> list[Path]:
     high_risk_path = Path(config.audit_dir) / "high_risk.jsonl"
     if not high_risk_path.exists():
         raise DataError(f"{high_risk_path} does not exist: run `sfmed privacy audit` first.")
-    rows = [row for _, row in iter_jsonl(high_risk_path)]
-    audited_queries = [row["query"] for _, row in iter_jsonl(Path(config.audit_dir) / "audit_results.jsonl")]
+    rows = [row for _, row in read_rows(high_risk_path)]
+    audited_queries = [row["query"] for _, row in read_rows(Path(config.audit_dir) / "audit_results.jsonl")]
     counterparts = secure_counterparts(config)
     unknown = sorted(set(counterparts) - {row["id"] for row in rows})
     if unknown:
@@ -101,7 +103,7 @@ class HighRiskDatabase:
             meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
             index = faiss.deserialize_index(np.frombuffer((directory / "index.faiss").read_bytes(), dtype=np.uint8))
             center = np.load(directory / "center.npy")
-            entries = [row for _, row in iter_jsonl(directory / "entries.jsonl")]
+            entries = [row for _, row in read_rows(directory / "entries.jsonl")]
         except (OSError, ValueError) as error:
             message = f"{directory}: not a high-risk database ({error}); build it with `sfmed privacy build-db`."
             raise DataError(message) from error

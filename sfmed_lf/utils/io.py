@@ -1,22 +1,62 @@
-"""Atomic file output: a reader sees the old file or the complete new one, never a partial write."""
+"""Atomic file output: a reader sees the old file or the complete new one, never a partial write. And an output
+never replaces an input: inside :func:`inputs_protected` (every ``sfmed`` step runs in one), every file a reader of
+:mod:`sfmed_lf.formats.reading` opened is refused as an output."""
 
 from __future__ import annotations
 
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+
+from sfmed_lf.errors import DataError
+
+_READ_INPUTS: ContextVar[dict[Path, str] | None] = ContextVar("sfmed_read_inputs", default=None)
+
+
+@contextmanager
+def inputs_protected() -> Iterator[None]:
+    """Within the block, a file noted by :func:`note_input` cannot be replaced by :func:`atomic_open`."""
+    token = _READ_INPUTS.set({})
+    try:
+        yield
+    finally:
+        _READ_INPUTS.reset(token)
+
+
+def note_input(path: str | os.PathLike[str]) -> None:
+    inputs = _READ_INPUTS.get()
+    if inputs is not None:
+        inputs[Path(path).resolve()] = os.fspath(path)
+
+
+def refuse_to_overwrite(
+    output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], option: str = "output_dir"
+) -> None:
+    """Fail before any work when ``output`` is one of ``inputs`` (the option that set it is named)."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise DataError(f"{option}: writing {output} would overwrite the input {source}; choose another {option}.")
+
+
+def _check_not_an_input(path: Path) -> None:
+    inputs = _READ_INPUTS.get()
+    if inputs and (source := inputs.get(path.resolve())) is not None:
+        raise DataError(f"refusing to write {path}: it is an input of this step ({source}); choose another output.")
 
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """A file handle whose content replaces ``path`` only when the block completes (streamed, for large outputs)."""
     path = Path(path)
+    _check_not_an_input(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

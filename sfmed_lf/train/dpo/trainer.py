@@ -8,6 +8,7 @@ behaves exactly like the original.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,3 +157,9 @@ class SFMedDPOTrainer(CustomDPOTrainer):
             "tau_bytes_over_fp32_copy": tau_bytes / (4 * merged) if merged else 0.0,
         }
         atomic_write_text(Path(self.args.output_dir) / MERGE_REPORT_NAME, json.dumps(report, indent=2) + "\n")
+
+
+# Importing this module first imports LLaMA-Factory's DPO trainer, whose patch (sfmed_lf.integration, when the plugin
+# is active) installs the class above: it waited for it.
+if (_integration := sys.modules.get("sfmed_lf.integration")) is not None:
+    _integration.finish_deferred_patches(__name__)

@@ -9,7 +9,7 @@ from typing import Any
 import datasets
 import evaluate
 
-from sfmed_lf.eval.rouge import rouge_l_f
+from sfmed_lf.text.rouge import rouge_l_f
 
 
 class ChineseRougeL(evaluate.Metric):
