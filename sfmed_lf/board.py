@@ -285,7 +285,8 @@ ZH_HELP = {
     "sfmed_merge_sft_model": "θ_sft 的路径或 Hub 名称。留空则为正在训练的模型（模型路径）。",
     "sfmed_merge_keep_prob": "p：每次稀疏化保留的元素比例（τ 一次，每次更新一次）。",
     "sfmed_merge_alpha": "α：θ += α·τ' + (1 − α)·Δ' 中任务向量的权重。",
-    "sfmed_merge_rescale": "保留元素的缩放方式。",
+    "sfmed_merge_rescale": "保留元素的缩放方式：authors 与作者代码一致（OnDARE 乘 1/p，OnTIES 不缩放），none 按论文公式"
+    "不缩放，inverse_p 均乘 1/p，l1 保持 L1 范数。",
     "sfmed_merge_seed": "稀疏化掩码的随机种子。留空则使用训练的 seed。",
     "sfmed_merge_check_replicas": "多卡数据并行时，训练结束后比较各卡权重的校验和，不一致则报错。",
     "sfmed_pref_audit": "`sfmed pref select` 生成的 audit.jsonl（每对数据的集成打分）；填写后启用翻转/丢弃。",
@@ -662,10 +663,13 @@ def merging_state_callback() -> Any:
             if merging is None or not state.is_world_process_zero:
                 return
             config = merging.config
+            rescale = config.rescale.value
+            if config.applied_rescale is not config.rescale:
+                rescale += f" ({config.applied_rescale.value} for {config.method.value})"
             merge_logger().info(
                 f"SF-Med online merging: method={config.method.value} p={config.keep_prob} alpha={config.alpha} "
-                f"rescale={config.rescale.value} seed={config.seed}; tau' = sparsified theta_sft - theta_base is "
-                "built at the first optimizer step."
+                f"rescale={rescale} seed={config.seed}; tau' = sparsified theta_sft - theta_base is built at the "
+                "first optimizer step."
             )
 
         def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:

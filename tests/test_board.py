@@ -153,3 +153,31 @@ def test_dpo_gets_the_merging_log_only_with_merging():
     run_dpo(None, None, None, OnlineMergingArguments(sfmed_merge_method="ondare"), ["lf"])
     assert seen[0] == ["lf"]
     assert seen[1][0] == "lf" and type(seen[1][1]).__name__ == "MergingStateLog"
+
+
+def test_the_run_log_states_the_merging_settings_with_the_applied_rescale():
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from sfmed_lf.merging.config import OnlineMergingConfig
+    from sfmed_lf.merging.optimizer import OnlineMergingAdamW
+
+    weight = torch.nn.Parameter(torch.zeros(4))
+    config = OnlineMergingConfig(method="ondare", keep_prob=0.5, alpha=0.1, seed=3)
+    optimizer = OnlineMergingAdamW([{"params": [weight], "param_names": ["w"]}], config, task_vector_source=None)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    lf_root = logging.getLogger("llamafactory")  # the Board's log box handler sits here
+    lf_root.addHandler(handler)
+    try:
+        callback = board.merging_state_callback()
+        callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None, optimizer=optimizer)
+    finally:
+        lf_root.removeHandler(handler)
+    assert records == [
+        "SF-Med online merging: method=ondare p=0.5 alpha=0.1 rescale=authors (inverse_p for ondare) seed=3; tau' = "
+        "sparsified theta_sft - theta_base is built at the first optimizer step."
+    ]

@@ -45,7 +45,9 @@ MERGING = {  # what the test types into the Online merging accordion, and what m
     "Keep probability p": ("0.3", "sfmed_merge_keep_prob", 0.3),
     "Task-vector weight α": ("0.01", "sfmed_merge_alpha", 0.01),
     "Mask seed": ("7", "sfmed_merge_seed", 7),
+    "Rescale": ("inverse_p", "sfmed_merge_rescale", "inverse_p"),  # a dropdown, not its default
 }
+DROPDOWNS = ("Merging method", "Rescale")
 
 
 class Board:
@@ -265,7 +267,7 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         dropdown(browser, "Merging method", "OnDARE")
         preview_shows(browser, "Online merging: sfmed_merge_method=ondare: set `sfmed_merge_base_model`")
         for label, (typed, _option, _value) in list(MERGING.items())[1:]:
-            set_text(browser, label, typed)
+            (dropdown if label in DROPDOWNS else set_text)(browser, label, typed)
         set_text(browser, "Keep probability p", "2")
         preview_shows(browser, "keep_prob (p) must be in (0, 1], got 2.0")
         set_text(browser, "Keep probability p", "0.3")
@@ -306,7 +308,7 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         assert "Finished." in browser.page_source, (project / "webui.log").read_text()[-4000:]
         log_box = page_text(browser)
         for line in (
-            "SF-Med online merging: method=ondare p=0.3 alpha=0.01 rescale=none seed=7",
+            "SF-Med online merging: method=ondare p=0.3 alpha=0.01 rescale=inverse_p seed=7",
             "SF-Med online merging: tau' memory",
             "Online merging summary (sfmed_online_merging.json):",
             '"keep_prob": 0.3',
@@ -324,7 +326,13 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         run_dirs = list((project / "saves" / "SF-Med-Tiny-SFT" / "full").iterdir())
         assert len(run_dirs) == 1
         report = read_json(run_dirs[0] / "sfmed_online_merging.json")
-        assert (report["method"], report["keep_prob"], report["alpha"], report["seed"]) == ("ondare", 0.3, 0.01, 7)
+        assert {key: report[key] for key in ("method", "keep_prob", "alpha", "rescale", "seed")} == {
+            "method": "ondare",
+            "keep_prob": 0.3,
+            "alpha": 0.01,
+            "rescale": "inverse_p",
+            "seed": 7,
+        }
         run_args = yaml.safe_load((run_dirs[0] / "training_args.yaml").read_text())
         assert {option: run_args[option] for _t, option, _v in MERGING.values()} == {
             option: value for _t, option, value in MERGING.values()
@@ -341,9 +349,11 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         assert shows(browser, "Arguments have been restored.")
         WebDriverWait(browser, 30).until(lambda d: dropdown_value(d, "Stage") == "DPO")
         browser.find_element(By.XPATH, merging_header).click()
-        assert dropdown_value(browser, "Merging method") == "OnDARE"
-        for label, (typed, _option, _value) in list(MERGING.items())[1:]:
-            assert labelled(browser, label, "textarea").get_attribute("value") == typed, label
+        for label, (typed, _option, _value) in MERGING.items():
+            if label in DROPDOWNS:
+                assert dropdown_value(browser, label) == typed, label
+            else:
+                assert labelled(browser, label, "textarea").get_attribute("value") == typed, label
 
         # --- checks before a run: bf16 on this host is refused with the fix
         # (LF's stage change clears the dataset the configuration restored; choose it again)
