@@ -204,6 +204,12 @@ def preview_shows(driver, text: str) -> None:
     assert shows(driver, text), f"{text!r} not on the page after Preview command"
 
 
+def scroll_to(driver, button: str) -> None:
+    driver.execute_script(
+        "arguments[0].scrollIntoView()", driver.find_element(By.XPATH, f"//button[normalize-space()='{button}']")
+    )
+
+
 def screenshot(driver, name: str, element=None) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     driver.execute_script("document.activeElement && document.activeElement.blur()")  # no caret in the picture
@@ -291,6 +297,7 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         for flag in flags:
             assert shows(browser, flag), f"{flag} missing from the previewed command"
         assert "--sfmed_pref_audit" not in page_text(browser), "an empty audit file sends no audit option"
+        scroll_to(browser, "Preview command")  # the command is printed below the buttons
         screenshot(browser, "board_preview_command.png")
 
         # --- the configuration is saved through the Board
@@ -320,8 +327,7 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         )
         assert loss_plot[0].get_attribute("src").startswith("data:image/"), "the loss curve is an inline image"
         assert browser.execute_script("return arguments[0].naturalWidth", loss_plot[0]) > 0, "and it decoded"
-        start = browser.find_element(By.XPATH, "//button[normalize-space()='Start']")
-        browser.execute_script("arguments[0].scrollIntoView()", start)  # the log box and the loss curve below it
+        scroll_to(browser, "Start")  # the log box and the loss curve are below the buttons
         screenshot(browser, "board_dpo_online_merging.png")
         run_dirs = list((project / "saves" / "SF-Med-Tiny-SFT" / "full").iterdir())
         assert len(run_dirs) == 1
