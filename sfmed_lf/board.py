@@ -521,7 +521,7 @@ def merging_problem(args: dict[str, Any]) -> str:
 
 def preference_problem(args: dict[str, Any]) -> str:
     """Why the preference-audit options of ``args`` cannot run, or "": the hparams' checks, then the audit file read
-    and ranked by the loader plugin's own code (an overlap of flip and drop shows here)."""
+    and ranked by the loader plugin's own code (a missing file, a bad line, an overlap of flip and drop)."""
     from sfmed_lf.hparams import PreferenceSelectionArguments, SFMedDataArguments
     from sfmed_lf.preference.lf_loader import audit_actions
 
@@ -529,15 +529,10 @@ def preference_problem(args: dict[str, Any]) -> str:
         build_arguments(SFMedDataArguments, args)
     except ValueError as error:
         return str(error)
-    audit = args["sfmed_pref_audit"]
-    if not os.path.isfile(audit):
-        return f"sfmed_pref_audit {audit!r} is not a file (relative to {os.getcwd()})."
     names = {field.name for field in dataclasses.fields(PreferenceSelectionArguments)}
     try:
         audit_actions(SimpleNamespace(**{name: args.get(name) for name in names}))
-    except KeyError as error:
-        return f"{audit}: a row has no {error} field; use the audit.jsonl of `sfmed pref select`."
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError) as error:  # DataError names the file, the line and the field
         return str(error)
     return ""
 

@@ -8,7 +8,6 @@ import json
 import re
 from pathlib import Path
 
-import llamafactory.hparams  # noqa: F401 - first: its parser's patch imports sfmed_lf.hparams
 import pytest
 import yaml
 
@@ -133,9 +132,11 @@ def test_preference_checks_read_and_rank_the_audit(tmp_path):
     assert board.preference_problem(args) == ""
     assert "overlap" in board.preference_problem({**args, "sfmed_pref_flip_fraction": 0.9})
     assert "must lie in [0, 1)" in board.preference_problem({**args, "sfmed_pref_drop_fraction": 1.0})
-    assert "is not a file" in board.preference_problem({**args, "sfmed_pref_audit": str(tmp_path / "none.jsonl")})
+    assert "none.jsonl does not exist" in board.preference_problem(
+        {**args, "sfmed_pref_audit": str(tmp_path / "none.jsonl")}
+    )
     audit.write_text('{"key": "k0"}\n')
-    assert "has no 'mean_strength' field" in board.preference_problem(args)
+    assert board.preference_problem(args).startswith(f"{audit}:1: field 'key': an audit line needs")
 
 
 def test_summary_reads_the_trainer_report(tmp_path):

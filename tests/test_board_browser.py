@@ -282,7 +282,7 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         # --- Preference audit accordion: the audit is read and ranked before a run
         click(browser, "Preference audit (SF-Med)")
         set_text(browser, "Audit file", "no/such/audit.jsonl")
-        preview_shows(browser, "Preference audit: sfmed_pref_audit 'no/such/audit.jsonl' is not a file")
+        preview_shows(browser, "Preference audit: sfmed_pref_audit: no/such/audit.jsonl does not exist")
         rows = [{"key": f"pair-{i}", "mean_strength": i / 10} for i in range(10)]
         (project / "audit.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         set_text(browser, "Audit file", "audit.jsonl")
