@@ -15,6 +15,7 @@ export PATH="$venv/bin:$PATH"
 cd "$root"
 
 sfmed doctor
+sfmed data check sfmed_sft_single && sfmed data check sfmed_sft_multiturn  # every row as LF will read it
 sfmed data dedup examples/yaml/tiny/dedup.yaml  # near-duplicates of the bundled SFT data, report only
 sfmed tiny-model examples/yaml/tiny/tiny_model.yaml
 sfmed data mix examples/yaml/tiny/mix.yaml  # medical : general = 1.3 : 1.4 by tokens -> pt_mix.yaml

@@ -150,6 +150,13 @@ class SFMedFinetuningArguments(FinetuningArguments, OnlineMergingArguments, Priv
         if self.sfmed_merge_method not in {m.value for m in MergeMethod}:
             fail(f"unknown method; choose one of {', '.join(m.value for m in MergeMethod)}.")
         if not self.online_merging_enabled:
+            inert = [
+                name
+                for name, item in OnlineMergingArguments.__dataclass_fields__.items()
+                if name != "sfmed_merge_method" and getattr(self, name) != item.default
+            ]
+            if inert:
+                fail(f"{', '.join(inert)} set, but they do nothing without online merging (method ondare or onties).")
             return
         if self.stage != "dpo":
             fail(f"online merging is implemented for `stage: dpo`, got `stage: {self.stage}`.")

@@ -17,6 +17,17 @@ REALDATA = Path(os.environ.get("SFMED_REALDATA", REPO_ROOT.parent / "shared" / "
 VENV_BIN = Path(sys.executable).parent
 
 
+# stock LLaMA-Factory DPO from a YAML that configures online merging: the method off and its options back to their
+# defaults (an option that does nothing with method none is an error)
+NO_MERGING = (
+    "sfmed_merge_method=none",
+    "sfmed_merge_base_model=null",
+    "sfmed_merge_keep_prob=0.01",
+    "sfmed_merge_alpha=1e-7",
+    "sfmed_merge_rescale=authors",
+)
+
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment the real CLIs run in: offline, this venv's tools first on PATH."""
     return {

@@ -220,7 +220,7 @@ def test_usage_errors_are_clear(tmp_path):
         (["nope", "x", "y"], "unknown corpus or raw schema 'nope'"),
         (["conversation", "x", "y"], "is a raw schema, not a registered corpus: pass --form"),
         (["wiki2019zh", str(FIXTURES / "wiki_00"), "y", "--form", "alpaca"], "is pre-training text"),
-        (["alpaca_zh", str(tmp_path / "missing.json"), "y"], "no such file or directory"),
+        (["alpaca_zh", str(tmp_path / "missing.json"), "y"], "missing.json does not exist"),
     ]:
         result = run(["sfmed", "data", "convert", *args], check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -157,7 +157,7 @@ def test_diversify_with_scripted_generator_counts_rotates_and_resumes(tmp_path):
 def test_diversify_against_llamafactory_api_with_the_tiny_model(tmp_path):
     model = build_tiny_model(tmp_path / "model")
     with llamafactory_api(model, tmp_path / "api.log") as base_url:
-        config = diversify_config(tmp_path, base_url, "lf", rounds=2, max_tokens=48, pool="multi")
+        config = diversify_config(tmp_path, base_url, "lf", rounds=2, max_new_tokens=48, pool="multi")
         run(["sfmed", "data", "diversify", str(config)])
     report = read_json(tmp_path / "lf" / "diversify_report.json")
     rounds = lines(tmp_path / "lf" / "rounds.jsonl")
@@ -201,12 +201,13 @@ def test_attach_system_prompts_by_turns_and_load_in_llamafactory(tmp_path):
 
 
 def test_attach_reads_dedup_output_and_keeps_existing_prompts(tmp_path):
-    """input_dir: the files `sfmed data dedup` wrote (same names); keep_existing: rows with a system prompt keep it."""
+    """dataset_dir: the output of `sfmed data dedup` (it registers the kept files under the same names);
+    keep_existing: rows with a system prompt keep it."""
     run(["sfmed", "data", "dedup", "examples/yaml/tiny/dedup.yaml", f"output_dir={tmp_path / 'dedup'}"])
     kept = json.loads((tmp_path / "dedup" / "sfmed_sft_multiturn.json").read_text(encoding="utf-8"))
     config = {
         "datasets": ["sfmed_sft_multiturn"],
-        "input_dir": str(tmp_path / "dedup"),
+        "dataset_dir": str(tmp_path / "dedup"),
         "single_pool": str(SEEDS),
         "multi_pool": str(REPO_ROOT / "data" / "sfmed_seed_instructions_multi.jsonl"),
         "output_dir": str(tmp_path / "attached"),

@@ -45,7 +45,7 @@ def mix(corpora: Path, tiny: Path, strategy: str, *extra: str) -> dict:
     config = {
         "medical": ["med_short", "med_long"],
         "general": ["general"],
-        "tokenizer": str(tiny),
+        "model_name_or_path": str(tiny),
         "dataset_dir": str(corpora),
         "medical_share": SHARES["medical"],
         "general_share": SHARES["general"],
@@ -122,12 +122,12 @@ def test_written_yaml_trains_with_llamafactory_cli(corpora, tiny):
 
 
 def test_mix_errors_name_the_dataset(corpora, tiny):
-    base = ["tokenizer=" + str(tiny), f"dataset_dir={corpora}", f"output_dir={corpora / 'out'}"]
+    base = ["model_name_or_path=" + str(tiny), f"dataset_dir={corpora}", f"output_dir={corpora / 'out'}"]
     for overrides, message in [
         (["medical=[nope]", "general=[general]"], "no dataset 'nope'"),
         (["medical=[on_hub]", "general=[general]"], "on_hub is not a local file"),
         (["medical=[general]", "general=[general]"], "named as both medical and general"),
-        (["medical=[med_short]", "general=[general]", "mix_strategy=concat"], "mix_strategy must be one of"),
+        (["medical=[med_short]", "general=[general]", "mix_strategy=concat"], "'concat' is not one of"),
     ]:
         result = run(["sfmed", "data", "mix", *base, *overrides], check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -186,6 +186,13 @@ def test_quality_on_planted_copies_and_boilerplate(seed):
         assert (result.kept_for[removed & copies] == np.array(planted.copy_of)[removed & copies]).mean() > 0.95
 
 
+def register(directory, **entries):
+    """A dataset_info.json in ``directory``: name -> entry (file_name: the file of that name in it)."""
+    files = {path.stem: path.name for path in directory.iterdir() if path.suffix in (".json", ".jsonl")}
+    info = {name: {"file_name": files[name], **entry} for name, entry in entries.items()}
+    (directory / "dataset_info.json").write_text(json.dumps(info))
+
+
 def write_rows(path, rows):
     if path.suffix == ".json":
         path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
@@ -223,7 +230,7 @@ def test_ranking_and_multi_turn_rows_are_compared_on_their_whole_content(tmp_pat
     ]
     out = tmp_path / "out"
     settings = DedupConfig(
-        datasets=[str(write_rows(tmp_path / "pairs.json", pairs)), str(write_rows(tmp_path / "chat.jsonl", dialogues))],
+        files=[str(write_rows(tmp_path / "pairs.json", pairs)), str(write_rows(tmp_path / "chat.jsonl", dialogues))],
         output_dir=str(out),
         num_proc=1,
     )
@@ -240,7 +247,7 @@ def test_chunks_of_both_code_widths(tmp_path):
         {"text": GENERAL + "。"},
         {"text": consultation(random.Random(1))},
     ]
-    settings = DedupConfig(datasets=[str(write_rows(tmp_path / "t.jsonl", rows))], output_dir=str(tmp_path / "o"))
+    settings = DedupConfig(files=[str(write_rows(tmp_path / "t.jsonl", rows))], output_dir=str(tmp_path / "o"))
     settings.chunk_size, settings.num_proc = 1, 1
     DedupStep(settings).run()
     kept = [json.loads(line) for line in (tmp_path / "o" / "t.jsonl").read_text().splitlines()]
@@ -271,14 +278,17 @@ def test_dedup_within_then_across_datasets(tmp_path):
             ]
         },
     ]
-    first, second = write_rows(tmp_path / "consult.json", consult), write_rows(tmp_path / "dialogues.jsonl", dialogues)
+    write_rows(tmp_path / "consult.json", consult), write_rows(tmp_path / "dialogues.jsonl", dialogues)
+    write_rows(tmp_path / "bad.jsonl", [{"prompt": "q"}])
+    register(tmp_path, consult={}, dialogues={"formatting": "sharegpt"}, bad={})
     out = tmp_path / "out"
     args = [
         "sfmed",
         "data",
         "dedup",
         "examples/yaml/tiny/dedup.yaml",
-        f"datasets=[{first}, {second}]",
+        "datasets=[consult, dialogues]",
+        f"dataset_dir={tmp_path}",
         f"output_dir={out}",
         "chunk_size=2",
     ]
@@ -308,11 +318,11 @@ def test_dedup_within_then_across_datasets(tmp_path):
     run(args)
     rerun = read_json(out / "dedup_report.json")
     assert {k: v for k, v in rerun.items() if k != "seconds"} == {k: v for k, v in report.items() if k != "seconds"}
-    bad = write_rows(tmp_path / "bad.jsonl", [{"prompt": "q"}])
-    result = run(["sfmed", "data", "dedup", f"datasets=[{bad}]", f"output_dir={tmp_path / 'bad_out'}"], check=False)
-    assert result.returncode == 2 and "bad.jsonl:1: cannot tell the form: no 'text', 'conversations'" in result.stderr
-    result = run(["sfmed", "data", "dedup", f"datasets=[{first}]", f"output_dir={tmp_path}"], check=False)
-    assert result.returncode == 2 and "would overwrite this input" in result.stderr
+    dedup = ["sfmed", "data", "dedup", f"dataset_dir={tmp_path}"]
+    result = run([*dedup, "datasets=[bad]", f"output_dir={tmp_path / 'bad_out'}"], check=False)
+    assert result.returncode == 2 and "bad.jsonl:1: field 'instruction': the question" in result.stderr
+    result = run([*dedup, "datasets=[consult]", f"output_dir={tmp_path}"], check=False)
+    assert result.returncode == 2 and "would overwrite" in result.stderr
 
 
 @pytest.mark.slow
@@ -333,7 +343,7 @@ def test_datatrove_engine_equals_native_across_tasks_and_workers(tmp_path):
         ("dt3", "datatrove", 3, 2),
     ):
         settings = DedupConfig(
-            datasets=[str(first), str(second)],
+            files=[str(first), str(second)],
             output_dir=str(tmp_path / name),
             engine=engine,
             tasks=tasks,
@@ -370,10 +380,10 @@ def test_example_yamls_build_the_datatrove_stages_past_one_machine(tmp_path, nam
     from sfmed_lf.config_files import load_config
     from sfmed_lf.data_prep.dedup_datatrove import DatatroveDedup
 
-    data = write_rows(tmp_path / "rows.jsonl", [{"text": consultation(random.Random(n))} for n in range(5)])
-    settings = load_config(
-        DedupConfig, f"examples/yaml/sfmed_dedup_sft_{name}.yaml", [f"datasets=[{data}]", f"output_dir={tmp_path}/o"]
-    )
+    write_rows(tmp_path / "rows.jsonl", [{"text": consultation(random.Random(n))} for n in range(5)])
+    register(tmp_path, rows={"columns": {"prompt": "text"}})
+    overrides = ["datasets=[rows]", f"dataset_dir={tmp_path}", f"output_dir={tmp_path}/o"]
+    settings = load_config(DedupConfig, f"examples/yaml/sfmed_dedup_sft_{name}.yaml", overrides)
     executors = DatatroveDedup(settings).executors()
     assert [type(e).__name__ for e in executors] == [f"{name.capitalize()}PipelineExecutor"] * 6
     assert [e.world_size for e in executors] == [5, 25, 5, 1, 5, 1], "tasks capped by the records; a task per band"

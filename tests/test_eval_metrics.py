@@ -112,8 +112,6 @@ EXTRACTION_CASES = {
         ("Answer: E", "E"),
         ("The correct answer is C because bleeding volume matters.", "C"),
         ("I choose D", "D"),
-        ("Option B is correct", "B"),
-        ("选项C正确", "C"),
         ("分析：A错误，B错误，所以选C", "C"),
         ("首先排除A，然后B不正确，最终答案是C", "C"),
         ("根据题干，表现取决于出血量和速度。答案：C", "C"),
@@ -124,6 +122,7 @@ EXTRACTION_CASES = {
         ("答案为A、C、E", "ACE"),
         ("答案是 A 和 C，不选B", "AC"),
     ],
+    "option verdicts": [("Option B is correct", "B"), ("选项C正确", "C")],
     "bare letters": [("C", "C"), ("（C）", "C"), ("B.", "B"), ("A、C", "AC"), ("ＡＣ", "AC")],
     "leading letter": [("B。因为出血部位决定颜色", "B"), ("D 在胃内停留时间", "D"), ("(E) 以上都不对", "E")],
     "quoted option text": [("主要取决于出血量。", "C"), ("我认为是在胃内停留时间", "D")],
@@ -137,6 +136,57 @@ EXTRACTION_CASES = {
 def test_option_extraction_rules(rule, answer, letters):
     extraction = extract_choice(answer, OPTIONS)
     assert (extraction.letters, extraction.rule) == (letters, rule)
+
+
+# Item 8 of issue 15: the classes of phrasing (each written several ways), single- and multi-answer questions
+PHRASING_CLASSES = {
+    "option verdicts": [
+        ("A项错误，C项正确", "C", False),
+        ("A选项错误，B选项错误，C选项正确，D选项错误。", "C", False),
+        ("D是正确的", "D", False),
+        ("分析：A的说法错误；E的说法是正确的。", "E", False),
+        ("逐项看：B项不对，D项对。", "D", False),
+        ("A、C均正确，B错误。", "AC", True),
+        ("A和E都是对的，其余不符合题意", "AE", True),
+        ("Options A and C are correct, B is wrong.", "AC", True),
+        ("B is correct.", "B", False),
+        ("A is incorrect; D is right", "D", False),
+    ],
+    "stated answer": [
+        ("The correct options are A, B and C.", "ABC", True),
+        ("So the answers are A and E", "AE", True),
+        ("Correct choices: B, D", "BD", True),
+        ("the right options are C & D", "CD", True),
+    ],
+    "concluding option": [
+        ("综合分析，出血量决定临床表现，所以是C选项。", "C", False),
+        ("正确的应为A和C选项", "AC", True),
+        ("我认为是D选项", "D", False),
+        ("根据题干描述，B选项。", "B", False),
+    ],
+    "leading letter": [
+        ("ACD。因为三者都与出血有关", "ACD", True),
+        ("A、C 都与出血有关", "AC", True),
+        ("BE，其余选项均不全面", "BE", True),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("rule", "answer", "letters", "multi"),
+    [(rule, *case) for rule, cases in PHRASING_CLASSES.items() for case in cases],
+)
+def test_phrasing_classes_of_issue_15(rule, answer, letters, multi):
+    extraction = extract_choice(answer, OPTIONS, multi)
+    assert (extraction.letters, extraction.rule) == (letters, rule)
+
+
+@pytest.mark.parametrize(
+    ("answer", "multi"),
+    [("A项正确吗？", False), ("AC。因为都有关", False), ("A和C哪个对呢", False), ("不是C选项。", False)],
+)
+def test_near_misses_of_those_classes_are_not_guessed(answer, multi):
+    assert extract_choice(answer, OPTIONS, multi).letters is None
 
 
 @pytest.mark.parametrize(

@@ -62,11 +62,13 @@ def test_outcomes_judge_scores_and_accuracy_are_what_the_answers_imply(tmp_path)
         config = write_config(
             tmp_path / "eval.yaml",
             output_dir=str(out),
-            model_a_name="good",
-            model_a_endpoint=models.base_url,
-            model_b_name="mixed",
-            model_b_endpoint=models.base_url,
-            judge_endpoint=judge.base_url,
+            candidate_name="good",
+            candidate_url=models.base_url,
+            candidate_model="good",
+            baseline_name="mixed",
+            baseline_url=models.base_url,
+            baseline_model="mixed",
+            judge_url=judge.base_url,
             judge_model="scripted-judge",
             concurrency=3,
         )
@@ -119,11 +121,11 @@ def test_tiny_models_answer_through_llamafactory_api_and_from_a_checkpoint(pipel
         config = write_config(
             tmp_path / "eval.yaml",
             output_dir=str(out),
-            model_a_name="SFT via llamafactory-cli api",
-            model_a_endpoint=base_url,
-            model_a_served_name=served,
-            model_b_name="CPT checkpoint",
-            model_b_path=str(pipeline["pt"]),
+            candidate_name="SFT via llamafactory-cli api",
+            candidate_url=base_url,
+            candidate_model=served,
+            baseline_name="CPT checkpoint",
+            baseline_model_name_or_path=str(pipeline["pt"]),
             batch_size=7,
         )
         run(["sfmed", "eval", "all", str(config)])
@@ -148,8 +150,9 @@ def test_generation_killed_midway_resumes_without_losing_or_doubling(tmp_path):
         config = write_config(
             tmp_path / "eval.yaml",
             output_dir=str(out),
-            model_a_name="good",
-            model_a_endpoint=server.base_url,
+            candidate_name="good",
+            candidate_url=server.base_url,
+            candidate_model="good",
             concurrency=1,
         )
         answers = out / "answers" / "a.jsonl"
@@ -174,7 +177,12 @@ def test_generation_killed_midway_resumes_without_losing_or_doubling(tmp_path):
 
 
 def test_steps_out_of_order_and_bad_items_give_one_line_errors(tmp_path):
-    config = write_config(tmp_path / "eval.yaml", output_dir=str(tmp_path / "eval"), model_a_path="m", model_b_path="n")
+    config = write_config(
+        tmp_path / "eval.yaml",
+        output_dir=str(tmp_path / "eval"),
+        candidate_model_name_or_path="m",
+        baseline_model_name_or_path="n",
+    )
     result = run(["sfmed", "eval", "rouge", str(config)], check=False)
     assert result.returncode == 2 and "run `sfmed eval generate` first" in result.stderr
     bad = tmp_path / "bad.jsonl"
@@ -182,4 +190,4 @@ def test_steps_out_of_order_and_bad_items_give_one_line_errors(tmp_path):
     result = run(["sfmed", "eval", "generate", str(config), f"items=[{bad}]"], check=False)
     assert result.returncode == 2 and f"{bad}:1: missing field 'reference'" in result.stderr
     result = run(["sfmed", "eval", "judge", str(config)], check=False)
-    assert result.returncode == 2 and "judge_endpoint is not set" in result.stderr
+    assert result.returncode == 2 and "judge_url is not set" in result.stderr

@@ -117,7 +117,9 @@ def test_evaluation_prompts_are_the_tokens_training_saw(foreign_model, tmp_path)
     dataset, tokenizer = lf_load_dataset(foreign_model, {"it": entry}, "it", "sft", tmp_path)
     trained_ids, labels = dataset[0]["input_ids"], dataset[0]["labels"]
 
-    config = EvalConfig(output_dir=str(tmp_path / "eval"), model_a_path=str(foreign_model), max_new_tokens=2)
+    config = EvalConfig(
+        output_dir=str(tmp_path / "eval"), candidate_model_name_or_path=str(foreign_model), max_new_tokens=2
+    )
     fed: list[list[int]] = []
     original_generate = LocalGenerator.__call__
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import DPO_YAML, dpo, two_ranks
-from tests.helpers import REPO_ROOT, lf_train, load_weights, read_json, run
+from tests.helpers import NO_MERGING, REPO_ROOT, lf_train, load_weights, read_json, run
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_alpha_one_keep_all_moves_by_tau_per_step(pipeline, tmp_path):
 
 def test_keep_all_alpha_zero_equals_stock_adamw_dpo(pipeline, tmp_path):
     dpo(pipeline, tmp_path / "merging", "sfmed_merge_keep_prob=1.0", "sfmed_merge_alpha=0.0", "weight_decay=0.01")
-    dpo(pipeline, tmp_path / "stock", "sfmed_merge_method=none", "optim=adamw_torch", "weight_decay=0.01")
+    dpo(pipeline, tmp_path / "stock", *NO_MERGING, "optim=adamw_torch", "weight_decay=0.01")
     assert not (tmp_path / "stock" / "sfmed_online_merging.json").exists()
     merged, stock = load_weights(tmp_path / "merging"), load_weights(tmp_path / "stock")
     for name in stock:

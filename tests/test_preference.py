@@ -5,6 +5,7 @@ LF's own predictions, and the flip/drop both offline and as a plugin inside LLaM
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from sfmed_lf.preference.pairs import PAIRS_DATASET, load_pairs, register_pairs
 from sfmed_lf.preference.rule_judge import rule_judge_server, rules, verdict
 from sfmed_lf.preference.selection import select_actions, strengths
 from sfmed_lf.tiny_model import build_tiny_model
-from tests.helpers import REPO_ROOT, lf_load_dataset, lf_train, read_json, run
+from tests.helpers import NO_MERGING, REALDATA, REPO_ROOT, lf_load_dataset, lf_train, read_json, run
 from tests.servers import ScriptedChatServer, llamafactory_api
 
 
@@ -154,30 +155,31 @@ def test_judges_vote_in_both_orders_and_resume(tmp_path):
 
 
 def test_sampling_from_llamafactory_api_and_in_process(tiny, tmp_path):
-    prompts = str(REPO_ROOT / "data" / "sfmed_sft_single.json")
     with llamafactory_api(tiny, tmp_path / "api.log") as base_url:
         config = write_config(
             tmp_path / "api.yaml",
             output_dir=str(tmp_path / "api"),
-            prompts=prompts,
+            datasets=["sfmed_sft_single"],
             max_prompts=3,
             policy_url=base_url,
             num_responses=4,
-            max_tokens=16,
+            max_new_tokens=16,
         )
         run(["sfmed", "pref", "sample", str(config)])
     rows = lines(tmp_path / "api" / "responses.jsonl")
-    assert [r["id"] for r in rows] == ["p1", "p2", "p3"] and all(len(r["responses"]) == 4 for r in rows)
+    assert [r["id"] for r in rows] == ["sfmed_sft_single:1", "sfmed_sft_single:2", "sfmed_sft_single:3"] and all(
+        len(r["responses"]) == 4 for r in rows
+    )
     assert rows[0]["question"].startswith("医生您好")
 
     config = write_config(
         tmp_path / "local.yaml",
         output_dir=str(tmp_path / "local"),
-        prompts=prompts,
+        datasets=["sfmed_sft_single"],
         max_prompts=2,
-        policy_path=str(tiny),
+        model_name_or_path=str(tiny),
         num_responses=2,
-        max_tokens=16,
+        max_new_tokens=16,
     )
     run(["sfmed", "pref", "sample", str(config)])
     rows = lines(tmp_path / "local" / "responses.jsonl")
@@ -290,7 +292,7 @@ def test_reward_ensemble_scores_selection_and_loader_plugin(tiny, tmp_path):
     trained = lf_train(
         "examples/yaml/tiny/dpo.yaml",
         f"model_name_or_path={tiny}",
-        "sfmed_merge_method=none",
+        *NO_MERGING,
         f"dataset_dir={out}",
         f"dataset={PAIRS_DATASET}",
         f"sfmed_pref_audit={out / 'audit.jsonl'}",
@@ -298,3 +300,45 @@ def test_reward_ensemble_scores_selection_and_loader_plugin(tiny, tmp_path):
         "max_steps=1",
     )
     assert "Num examples = 27" in trained.stdout + trained.stderr  # 30 pairs, 3 dropped while loading
+
+
+MEDICALGPT = REALDATA / "medicalgpt_reward_medical_legacy.jsonl"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MEDICALGPT.is_file(), reason=f"{MEDICALGPT} is absent")
+def test_reward_ensemble_flips_and_drops_an_existing_ranking_dataset(tiny, tmp_path):
+    """MedicalGPT's reward file as it is published (question / response_chosen / response_rejected), registered by
+    a dataset_info name with its column mapping: train-rms, score and select run on it without conversion."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(MEDICALGPT, data / MEDICALGPT.name)
+    columns = {"prompt": "question", "chosen": "response_chosen", "rejected": "response_rejected"}
+    (data / "dataset_info.json").write_text(
+        json.dumps({"medicalgpt_reward": {"file_name": MEDICALGPT.name, "ranking": True, "columns": columns}})
+    )
+    out = tmp_path / "pref"
+    config = write_config(
+        tmp_path / "pref.yaml",
+        output_dir=str(out),
+        pairs_dataset="medicalgpt_reward",
+        dataset_dir=str(data),
+        rm_yaml="examples/yaml/tiny/rm.yaml",
+        rm_overrides=[f"model_name_or_path={tiny}", "num_train_epochs=1", "cutoff_len=128"],
+        num_reward_models=1,
+        cutoff_len=128,
+    )
+    for step in ("train-rms", "score", "select"):
+        run(["sfmed", "pref", step, str(config)])
+    source = lines(MEDICALGPT)
+    report = read_json(out / "selection_report.json")
+    assert report["pairs"] == len(source) == 60 and report["actions"] == {"keep": 48, "flip": 6, "drop": 6}
+    selected = lines(out / "selected.jsonl")
+    audit = {row["id"]: row for row in lines(out / "audit.jsonl")}
+    assert len(selected) == 54 and {row["instruction"] for row in selected} <= {row["question"] for row in source}
+    by_id = {f"medicalgpt_reward:{number}": row for number, row in enumerate(source, start=1)}
+    for row in selected:
+        original, action = by_id[row["id"]], audit[row["id"]]["action"]
+        flipped = (original["response_rejected"], original["response_chosen"])
+        expected = flipped if action == "flip" else (original["response_chosen"], original["response_rejected"])
+        assert (row["chosen"], row["rejected"]) == expected

@@ -42,7 +42,8 @@ def memorized(pipeline, tmp_path_factory) -> dict[str, Path]:
     secrets.write_text(
         json.dumps([{"instruction": q, "input": "", "output": a} for q, a in SECRETS], ensure_ascii=False)
     )
-    (root / "dataset_info.json").write_text(json.dumps({"secrets": {"file_name": "secrets.json"}}))
+    info = {"secrets": {"file_name": "secrets.json"}, "controls": {"file_name": str(CONTROLS)}}
+    (root / "dataset_info.json").write_text(json.dumps(info))
     model = root / "model"
     lf_train(
         "examples/yaml/tiny/sft.yaml",
@@ -65,7 +66,8 @@ def memorized(pipeline, tmp_path_factory) -> dict[str, Path]:
             "examples/yaml/tiny/privacy_audit.yaml",
             f"model_name_or_path={model}",
             f"output_dir={audit}",
-            f"records=[{secrets}, {CONTROLS}]",
+            f"dataset_dir={root}",
+            "datasets=[secrets, controls]",
         ]
     )
     secure = root / "secure.jsonl"
@@ -94,7 +96,7 @@ def test_the_audit_finds_the_memorized_records_and_only_them(memorized):
     assert sum(report["rouge_l_histogram"].values()) == report["records_audited"]
     memorized_ids = report["high_risk_ids"]
     assert len(memorized_ids) >= 3, f"the model was trained to memorize; the audit found only {memorized_ids}"
-    assert all(record_id.startswith("secrets.json:") for record_id in memorized_ids), "no control is memorized"
+    assert all(record_id.startswith("secrets:") for record_id in memorized_ids), "no control is memorized"
     assert report["memorized_rate"] == pytest.approx(len(memorized_ids) / report["records_audited"])
     for line in (memorized["audit"] / "high_risk.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -113,12 +115,13 @@ def test_a_killed_audit_resumes_and_other_settings_are_refused(memorized, tmp_pa
         "examples/yaml/tiny/privacy_audit.yaml",
         f"model_name_or_path={memorized['model']}",
         f"output_dir={audit}",
-        f"records=[{memorized['secrets']}]",
+        f"dataset_dir={memorized['secrets'].parent}",
+        "datasets=[secrets]",
     ]
     run(args)
     results = audit / "audit_results.jsonl"
     complete = results.read_text().splitlines()
-    results.write_text("\n".join(complete[:2]) + '\n{"id": "secrets.json:3", "que')  # as a kill leaves it
+    results.write_text("\n".join(complete[:2]) + '\n{"id": "secrets:3", "que')  # as a kill leaves it
     run(args)
     assert results.read_text().splitlines() == complete, "resumed: same rows, none lost, none doubled"
     refused = run([*args, "split=ratio"], check=False)

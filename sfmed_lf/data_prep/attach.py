@@ -32,17 +32,14 @@ def _dataset(config: AttachConfig, name: str) -> LocalDataset:
             f"datasets: {dataset.info_path}: {name} is {dataset.entry.kind} data; system prompts are "
             "attached to SFT conversations."
         )
-    if config.input_dir:
-        files = tuple(Path(config.input_dir) / path.name for path in dataset.files)
-        missing = [str(path) for path in files if not path.is_file()]
-        if missing:
-            raise DataError(f"input_dir: {missing[0]} does not exist (dataset {name}).")
-        dataset = LocalDataset(dataset.entry, dataset.info_path, files)
     return dataset
 
 
 def attach_system_prompts(config: AttachConfig) -> list[Path]:
-    pools = {"single": load_instructions(config.single_pool), "multi": load_instructions(config.multi_pool)}
+    pools = {
+        "single": load_instructions(config.single_pool, "single_pool"),
+        "multi": load_instructions(config.multi_pool, "multi_pool"),
+    }
     out = Path(config.output_dir)
     new_info: dict[str, Any] = {}
     report: dict[str, Any] = {}
@@ -64,6 +61,8 @@ def attach_system_prompts(config: AttachConfig) -> list[Path]:
                     row[system_column] = random.Random(f"{config.seed}-{name}-{location.row}").choice(pools[pool])
                     counts[pool] += 1
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if not sum(counts.values()):  # raised inside the block: nothing is written
+                raise DataError(f"datasets: {name} holds no rows.")
         columns = {**entry.columns, "system": system_column}
         new_info[f"{name}_diversified"] = {**entry.raw, "file_name": target.name, "columns": columns}
         report[name] = counts

@@ -68,6 +68,8 @@ def convert_corpus(
 ) -> dict[str, Any]:
     schema, form = resolve(name, stage, form)
     source = os.fspath(input_path)
+    if not os.path.exists(source):
+        raise DataError(f"INPUT: {source} does not exist.")
     refuse_to_overwrite(output_path, [source], option="OUTPUT")
     refuse_to_overwrite(report_path(output_path), [source], option="OUTPUT")
     problems = Problems(skip_invalid)

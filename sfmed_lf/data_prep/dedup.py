@@ -29,8 +29,8 @@ from sfmed_lf.data_prep.keep import KeepResult, keep_first
 from sfmed_lf.data_prep.lsh import band_parameters, buckets
 from sfmed_lf.data_prep.minhash import MinHasher, encode
 from sfmed_lf.errors import DataError
-from sfmed_lf.formats.datasets import dataset_from_file
-from sfmed_lf.formats.lf_rows import whole_text
+from sfmed_lf.formats.datasets import LocalDataset, dataset_from_file
+from sfmed_lf.formats.lf_rows import DatasetEntry, whole_text
 from sfmed_lf.utils.io import atomic_open, atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.provenance import check_provenance, file_digest
 
@@ -49,9 +49,15 @@ class Dataset:
         return Path(self.path).name
 
 
-def read_dataset(path: str) -> Dataset:
-    """The rows of one LF data file, the whole text of each (every turn, both answers of a ranking row) and ids."""
-    records = list(dataset_from_file(path).records())
+def read_dataset(path: str, entry: dict[str, Any] | None = None) -> Dataset:
+    """The rows of one LF data file read with its dataset_info ``entry`` (each row's form inferred without one), the
+    whole text of each (every turn, both answers of a ranking row) and ids."""
+    dataset = dataset_from_file(path)
+    if entry:
+        dataset = LocalDataset(DatasetEntry.parse(Path(path).name, entry, path), None, dataset.files)
+    records = list(dataset.records())
+    if not records:
+        raise DataError(f"datasets: {path} holds no rows.")
     return Dataset(
         path=path,
         rows=[row for _, row, _ in records],
@@ -146,6 +152,7 @@ def dedup_texts(texts: list[str], config: DedupConfig, dataset: np.ndarray | Non
 
 class DedupStep:
     def __init__(self, config: DedupConfig) -> None:
+        config.resolve()
         self.config = config
         self.out = Path(config.output_dir)
 
@@ -199,8 +206,8 @@ class DedupStep:
     def run(self) -> list[Path]:
         config = self.config
         clock = PhaseClock()
-        check_outputs_are_not_inputs(self.out, config.datasets)
-        datasets = [read_dataset(path) for path in config.datasets]
+        check_outputs_are_not_inputs(self.out, config.files)
+        datasets = [read_dataset(path, entry) for path, entry in zip(config.files, config.entries, strict=True)]
         clock.done("read")
         files = []
         for dataset in datasets:

@@ -82,16 +82,16 @@ class ShardReader(PipelineStep):
 
     name = "sfmed records"
 
-    def __init__(self, paths: list[str], sizes: list[int]) -> None:
+    def __init__(self, paths: list[str], sizes: list[int], entries: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.paths, self.sizes = paths, sizes
+        self.paths, self.sizes, self.entries = paths, sizes, entries
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         start, end = shard_bounds(sum(self.sizes), rank, world_size)
         first = 0
         for number, (path, size) in enumerate(zip(self.paths, self.sizes, strict=True)):
             if first < end and first + size > start:
-                dataset = read_dataset(path)
+                dataset = read_dataset(path, self.entries[number] if self.entries else None)
                 for offset in range(max(start - first, 0), min(end - first, size)):
                     self.stat_update("records")
                     yield Document(
@@ -291,12 +291,13 @@ class Outputs(PipelineStep):
 
 class DatatroveDedup:
     def __init__(self, config: DedupConfig) -> None:
+        config.resolve()
         self.config = config
         self.out = Path(config.output_dir)
 
     def plan(self) -> dict[str, Any]:
         config = self.config
-        datasets = [read_dataset(path) for path in config.datasets]
+        datasets = [read_dataset(path, entry) for path, entry in zip(config.files, config.entries, strict=True)]
         bands, rows = fitted_bands(config)
         short = []
         for dataset in datasets:
@@ -319,7 +320,7 @@ class DatatroveDedup:
     def work_folder(self) -> Path:
         config = self.config
         key = {
-            "inputs": [file_digest(path) for path in config.datasets],
+            "inputs": [file_digest(path) for path in config.files],
             "parameters": [config.ngram, config.num_perm, config.threshold, fitted_bands(config), config.seed],
             "keep": [config.max_scan, config.cross_dataset, config.tasks],
             "normalisation": NORMALISATION_VERSION,
@@ -329,7 +330,7 @@ class DatatroveDedup:
 
     def executors(self) -> list[Any]:
         config = self.config
-        check_outputs_are_not_inputs(self.out, config.datasets)
+        check_outputs_are_not_inputs(self.out, config.files)
         work = self.work_folder()
         plan = self.plan()
         minhash = MinhashConfig(
@@ -340,7 +341,7 @@ class DatatroveDedup:
             hash_config=HashConfig(precision=32),
         )
         tasks = min(config.tasks, max(plan["records"], 1))
-        reader = ShardReader(config.datasets, plan["sizes"])
+        reader = ShardReader(config.files, plan["sizes"], config.entries)
         signatures = SfmedSignature(str(work / "signatures"), minhash, config.num_perm, config.seed)
         candidates = CandidateRecords(str(work), plan["records"], config.num_perm, config.ngram, config.seed)
         stages = [
@@ -385,5 +386,5 @@ class DatatroveDedup:
             print(f"sfmed data dedup: datatrove stages submitted; outputs appear in {self.out} when they finish")
             return []
         print(f"sfmed data dedup (datatrove): {time.perf_counter() - started:.1f} s", flush=True)
-        names = [Path(path).name for path in self.config.datasets]
+        names = [Path(path).name for path in self.config.files]
         return [*(self.out / name for name in names), self.out / "removed.jsonl", self.out / "dedup_report.json"]

@@ -34,7 +34,7 @@ from sfmed_lf.formats.conversation import Prompt
 from sfmed_lf.formats.reading import read_rows, read_text_lines
 from sfmed_lf.text.lexicon import Lexicon
 from sfmed_lf.text.ngrams import char_ngrams, jaccard
-from sfmed_lf.utils.io import atomic_write_text
+from sfmed_lf.utils.io import atomic_write_text, require_file
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance
 
@@ -54,8 +54,9 @@ _CLOSING = '。！？.!?）)」』”"'
 _PAIRS = ("（）", "()", "“”", "「」", "『』", "《》", "【】")
 
 
-def load_instructions(path: str) -> list[str]:
+def load_instructions(path: str, option: str = "seeds") -> list[str]:
     """.txt (one per line) or .json/.jsonl rows with a non-empty ``instruction``."""
+    require_file(path, option)
     if path.endswith(".txt"):
         instructions = [line.strip() for _, line in read_text_lines(path) if line.strip()]
     else:
@@ -134,7 +135,7 @@ class DiversifyStep:
     def __init__(self, config: DiversifyConfig) -> None:
         self.config = config
         self.out = Path(config.output_dir)
-        self.seeds = load_instructions(config.seeds)
+        self.seeds = load_instructions(config.seeds, "seeds")
         needed = 2 * (config.history_pairs + 1)
         if len(self.seeds) < needed:
             raise DataError(
@@ -203,7 +204,7 @@ class DiversifyStep:
                         check.remember(instruction)
                 else:
                     reply = endpoint.complete(
-                        messages, temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed
+                        messages, temperature=config.temperature, max_tokens=config.max_new_tokens, seed=config.seed
                     )
                     accepted, rejected = self.judge_reply(check, reply)
                     record = {

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sfmed_lf.config_files import read_yaml
 from sfmed_lf.data_prep.config import MixConfig
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.datasets import local_dataset
@@ -91,7 +92,10 @@ def interleave_plan(sources: list[dict[str, Any]], shares: dict[str, float], str
 def run_mix(config: MixConfig) -> list[Path]:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
+    for group, names in (("medical", config.medical), ("general", config.general)):
+        for name in names:  # every dataset is checked before the tokenizer is loaded
+            dataset_files(config.dataset_dir, name, group)
+    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
     sources = []
     for group, names in (("medical", config.medical), ("general", config.general)):
         for name in names:
@@ -116,7 +120,7 @@ def run_mix(config: MixConfig) -> list[Path]:
         "interleave_probs": ",".join(repr(s["probability"]) for s in sources),
     }
     report = {
-        "tokenizer": config.tokenizer,
+        "tokenizer": config.model_name_or_path,
         "mix_strategy": config.mix_strategy,
         "sources": sources,
         "groups": groups,
@@ -127,7 +131,7 @@ def run_mix(config: MixConfig) -> list[Path]:
     atomic_write_text(written[0], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     atomic_write_text(written[1], _markdown(report))
     if config.train_yaml:
-        train = yaml.safe_load(Path(config.train_yaml).read_text(encoding="utf-8")) or {}
+        train = read_yaml(config.train_yaml)
         if train.get("stage", "pt") != "pt":
             raise DataError(f"{config.train_yaml}: stage must be pt for the pre-training mix.")
         written.append(out / "pt_mix.yaml")

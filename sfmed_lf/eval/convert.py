@@ -32,6 +32,8 @@ def convert_items(
     if schema.kind == "text":
         raise DataError(f"{name} is pre-training text: it has no evaluation items.")
     source = os.fspath(input_path)
+    if not os.path.exists(source):
+        raise DataError(f"INPUT: {source} does not exist.")
     dataset = dataset or Path(source).stem
     problems = Problems(skip_invalid)
     items: list[EvalItem] = []

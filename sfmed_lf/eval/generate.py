@@ -5,11 +5,13 @@ one line per item id, resumable."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
 
+from sfmed_lf.errors import DataError
 from sfmed_lf.eval.config import EvalConfig, ModelSource
 from sfmed_lf.eval.mcq import format_prompt
 from sfmed_lf.formats.conversation import Prompt
@@ -17,7 +19,7 @@ from sfmed_lf.formats.items import EvalItem
 from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.templates import MULTI_TURN_INSTRUCTION, SINGLE_TURN_INSTRUCTION
 from sfmed_lf.utils.jsonl import ResumableJsonl
-from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
+from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_digest
 
 
 def item_prompt(item: EvalItem, system: str | None) -> Prompt:
@@ -31,6 +33,20 @@ def item_prompt(item: EvalItem, system: str | None) -> Prompt:
         question = format_prompt(item.exam.question, dict(item.exam.options), item.exam.multi_answer)
         prompt = Prompt(question, prompt.history, prompt.system)
     return prompt
+
+
+def answer_key(item: EvalItem) -> dict[str, str]:
+    """An answer belongs to an item id and the item's content: a changed item is never answered by an old answer."""
+    return {"id": item.id, "item": text_digest(json.dumps(item.row(), ensure_ascii=False, sort_keys=True))}
+
+
+def stale_answers(output: ResumableJsonl, items: list[EvalItem]) -> list[str]:
+    """Ids whose written answer was given to another version of the item."""
+    return [
+        item.id
+        for item in items
+        if item.id in output and output.records[item.id].get("item") != answer_key(item)["item"]
+    ]
 
 
 def _batches(items: list[EvalItem], size: int) -> Iterator[list[EvalItem]]:
@@ -83,7 +99,7 @@ def answer_provenance(config: EvalConfig, source: ModelSource) -> dict[str, Any]
         "endpoint": source.endpoint,
         "served_model": source.served_model if source.endpoint else None,
         "model": model_fingerprint(source.path) if source.path else None,
-        "template": config.template if source.path else None,
+        "template": source.template if source.path else None,
         "system": config.system,
         "max_new_tokens": config.max_new_tokens,
     }
@@ -92,6 +108,12 @@ def answer_provenance(config: EvalConfig, source: ModelSource) -> dict[str, Any]
 def generate_answers(config: EvalConfig, source: ModelSource, items: list[EvalItem]) -> ResumableJsonl:
     check_provenance(config.answers_path(source.label), answer_provenance(config, source))
     output = ResumableJsonl(config.answers_path(source.label))
+    stale = stale_answers(output, items)
+    if stale:
+        raise DataError(
+            f"{output.path}: the items {stale[:3]} changed since they were answered; use a new output_dir or delete "
+            "the answers to start over."
+        )
     todo = [item for item in items if item.id not in output]
     if not todo:
         return output
@@ -106,18 +128,18 @@ def generate_answers(config: EvalConfig, source: ModelSource, items: list[EvalIt
         try:
             for batch in _batches(todo, config.concurrency * 4):
                 for item, response in zip(batch, map_concurrently(answer, batch, config.concurrency), strict=True):
-                    output.append({"id": item.id, "model": source.name, "response": response})
+                    output.append({**answer_key(item), "model": source.name, "response": response})
                     progress.update()
         finally:
             endpoint.close()
     elif source.path:
-        generator = LocalGenerator(source.path, config.template, config.max_new_tokens)
+        generator = LocalGenerator(source.path, source.template, config.max_new_tokens)
         for batch in _batches(todo, config.batch_size):
             responses = generator([item_prompt(item, config.system) for item in batch])
             for item, response in zip(batch, responses, strict=True):
-                output.append({"id": item.id, "model": source.name, "response": response})
+                output.append({**answer_key(item), "model": source.name, "response": response})
             progress.update(len(batch))
     else:
-        raise ValueError(f"model_{source.label}: give model_{source.label}_path or model_{source.label}_endpoint.")
+        raise ValueError(f"{source.role}: give {source.role}_model_name_or_path or {source.role}_url.")
     progress.close()
     return output

@@ -45,7 +45,7 @@ def build_report(config: EvalConfig) -> list[Path]:
         raise DataError(
             f"{out}: none of {', '.join(f + '.json' for f in RESULT_FILES)}; run rouge, judge or mcq first."
         )
-    names = (config.model_a_name, config.model_b_name)
+    names = (config.candidate_name, config.baseline_name)
     lines = [f"# Evaluation: {names[0]} vs {names[1]}", ""]
     numbers: dict[str, Any] = {}
     if "rouge" in results:

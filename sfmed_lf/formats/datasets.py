@@ -14,7 +14,7 @@ from typing import Any
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.lf_rows import DatasetEntry, LFRow, infer_entry
 from sfmed_lf.formats.reading import Location, Problems, read_rows
-from sfmed_lf.utils.io import atomic_write_text
+from sfmed_lf.utils.io import atomic_write_text, note_input
 
 DATASET_INFO = "dataset_info.json"
 READABLE_SUFFIXES = (".json", ".jsonl", ".csv")
@@ -22,6 +22,7 @@ READABLE_SUFFIXES = (".json", ".jsonl", ".csv")
 
 def load_dataset_info(dataset_dir: str | os.PathLike[str], option: str = "dataset_dir") -> tuple[Path, dict[str, Any]]:
     path = Path(dataset_dir) / DATASET_INFO
+    note_input(path)
     if not path.is_file():
         raise DataError(f"{option}: {path} does not exist.")
     try:
@@ -70,6 +71,8 @@ def local_dataset(dataset_dir: str | os.PathLike[str], name: str, option: str = 
     if name not in info:
         close = [known for known in info if name in known or known in name][:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
+        if name.endswith((*READABLE_SUFFIXES, ".txt")) or "/" in name:
+            hint += "; datasets are dataset_info.json names (with dataset_dir), not file paths: register the file"
         raise DataError(f"{option}: no dataset {name!r} in {info_path}{hint}.")
     entry = DatasetEntry.parse(name, info[name], str(info_path))
     if entry.file_name is None:
@@ -107,4 +110,4 @@ def register(info_path: str | os.PathLike[str], name: str, entry: dict[str, Any]
     if path.exists():
         _, info = load_dataset_info(path.parent, option=str(path))
     info[name] = entry
-    atomic_write_text(path, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(info, ensure_ascii=False, indent=2) + "\n", updates_input=True)

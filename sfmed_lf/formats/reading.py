@@ -54,16 +54,20 @@ class Problems:
 
     skip_invalid: bool = False
     reasons: Counter[str] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)  # DataError.code -> count
     examples: list[str] = field(default_factory=list)
+    coded_examples: list[tuple[str, str]] = field(default_factory=list)
 
     def handle(self, error: DataError, location: Location | None = None) -> None:
         if not self.skip_invalid:
             raise error
         message = str(error)
+        self.codes[error.code] += 1
         prefix = f"{location}: " if location else ""
         self.reasons[message.removeprefix(prefix) if prefix else _without_location(message)] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(message)
+            self.coded_examples.append((error.code, message))
 
     @property
     def skipped(self) -> int:
@@ -101,7 +105,8 @@ def _open_binary(path: str) -> bytes:
 
 
 def _undecodable(location: Location, error: UnicodeDecodeError) -> DataError:
-    return location.error(f"invalid UTF-8 (byte 0x{error.object[error.start]:02x} at column {error.start + 1}).")
+    byte = error.object[error.start]
+    return location.error(f"invalid UTF-8 (byte 0x{byte:02x} at column {error.start + 1}).", code="invalid_utf8")
 
 
 def read_text_lines(path: str | os.PathLike[str], problems: Problems | None = None) -> Iterator[tuple[int, str]]:
@@ -147,10 +152,14 @@ def _jsonl_rows(path: str, data: bytes, problems: Problems) -> Iterator[tuple[Lo
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            problems.handle(location.error(f"not valid JSON ({error.msg} at column {error.colno})."), location)
+            problems.handle(
+                location.error(f"not valid JSON ({error.msg} at column {error.colno}).", code="invalid_json"), location
+            )
             continue
         if not isinstance(row, dict):
-            problems.handle(location.error(f"expected a JSON object, got {_kind(row)}."), location)
+            problems.handle(
+                location.error(f"expected a JSON object, got {_kind(row)}.", code="not_an_object"), location
+            )
             continue
         yield location, row
 
@@ -178,9 +187,11 @@ def _json_array_rows(path: str, data: bytes, problems: Problems) -> Iterator[tup
         end_line = text.count("\n", 0, end) + 1
         undecodable = [n for n in range(line, end_line + 1) if n in bad_lines]
         if undecodable:
-            problems.handle(Location(path, undecodable[0]).error("invalid UTF-8."), location)
+            problems.handle(Location(path, undecodable[0]).error("invalid UTF-8.", code="invalid_utf8"), location)
         elif not isinstance(row, dict):
-            problems.handle(location.error(f"expected a JSON object, got {_kind(row)}."), location)
+            problems.handle(
+                location.error(f"expected a JSON object, got {_kind(row)}.", code="not_an_object"), location
+            )
         else:
             yield location, row
         position = _skip_space(text, end)
@@ -264,7 +275,7 @@ def _csv_rows(path: str, problems: Problems) -> Iterator[tuple[Location, dict[st
             continue
         index += 1
         if any(_has_surrogates(cell) for cell in cells):
-            problems.handle(location.error("invalid UTF-8."), location)
+            problems.handle(location.error("invalid UTF-8.", code="invalid_utf8"), location)
             continue
         if len(cells) != len(header):
             problem = f"{len(cells)} cells for {len(header)} columns ({', '.join(header)})."

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from sfmed_lf.config_files import ConfigError
+from sfmed_lf.errors import DataError
+from sfmed_lf.preference.pairs import PAIRS_DATASET
 from sfmed_lf.serving.chat_client import EndpointOptions
-
-PROMPT_FORMATS = ("alpaca", "conversation")
+from sfmed_lf.steps import StepConfig, option
 
 
 @dataclass
@@ -19,56 +20,78 @@ class Judge:
 
 
 @dataclass
-class PreferenceConfig(EndpointOptions):
-    output_dir: str
-    # prompts: an SFT file whose questions (with their history and system prompt) are answered anew
-    prompts: str | None = None
-    prompt_format: str = "alpaca"  # alpaca (instruction/input/history/system) or conversation (sharegpt-like)
-    max_prompts: int | None = None
-    # sample: the SFT model behind an endpoint, or loaded in process through LLaMA-Factory's ChatModel
-    policy_url: str | None = None
-    policy_model: str = "sfmed-sft"
-    policy_path: str | None = None  # in-process path (no server): model directory
-    policy_backend: str = "huggingface"  # LF ChatModel engine for the in-process path: huggingface or vllm
-    template: str = "sfmed"
-    num_responses: int = 2  # k; consecutive responses form the pairs (0,1), (2,3), ...
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_tokens: int = 512
-    seed: int = 1
-    # judge: three local judges (Qwen2.5-72B, Yi-1.5-34B, GLM-4-9B in the paper), each asked in both orders
-    judges: list[Any] = field(default_factory=list)
-    min_votes: int = 2  # consistent votes the winner needs (and more than the other answer)
-    judge_max_tokens: int = 512
-    concurrency: int = 8
-    # train-rms: K reward models through `llamafactory-cli train` (stage rm), each with its own data order
-    rm_yaml: str | None = None
-    rm_overrides: list[str] = field(default_factory=list)  # key=value for every run, e.g. model_name_or_path=...
-    num_reward_models: int = 10
-    data_seed_base: int = 1000
-    gpus: list[int] | None = None  # run the K trainings over these devices (None: one after another)
-    gpus_per_model: int = 1
-    # score
-    score_batch_size: int = 8
-    cutoff_len: int = 2048
-    # select
-    flip_fraction: float = 0.1
-    drop_fraction: float = 0.1
-    flip_below: float | None = None
-    drop_above: float | None = None
-    dataset_name: str = "sfmed_dpo_selected"
-    register_in: str | None = None  # a dataset_info.json to add the selected dataset to (e.g. the project's)
+class PreferenceConfig(EndpointOptions, StepConfig):
+    renamed_options: ClassVar[dict[str, str]] = {
+        "policy_path": "use model_name_or_path (with template) for the in-process policy.",
+        "policy_backend": "use infer_backend (LLaMA-Factory's name: huggingface or vllm).",
+        "max_tokens": "use max_new_tokens.",
+        "judge_max_tokens": "use judge_max_new_tokens.",
+        "prompts": "use datasets: dataset_info.json names (with dataset_dir) of the SFT data to answer.",
+        "prompt_format": "gone: the dataset_info.json entry of each dataset gives its format and columns.",
+    }
+
+    output_dir: str = option(help="Every file of the stage: responses, judgments, pairs, reward models, scores, ...")
+    # sample
+    datasets: list[str] = option(
+        default_factory=list,
+        help="dataset_info.json names (in dataset_dir) of the SFT data whose prompts are answered.",
+    )
+    dataset_dir: str = option(".", help="Directory holding dataset_info.json (as LLaMA-Factory's dataset_dir).")
+    max_prompts: int | None = option(None, help="Answer only the first N prompts (null: all).")
+    policy_url: str | None = option(None, help="OpenAI-compatible endpoint of the SFT model (vllm serve, LF api).")
+    policy_model: str = option("sfmed-sft", help="The policy's model name at policy_url.")
+    model_name_or_path: str | None = option(None, help="The SFT model, run in process when policy_url is not set.")
+    template: str = option("sfmed", help="LLaMA-Factory template of the model (sampling in process, scoring).")
+    infer_backend: Literal["huggingface", "vllm"] = option(
+        "huggingface", help="LLaMA-Factory ChatModel engine of the in-process policy."
+    )
+    num_responses: int = option(2, help="k answers per prompt; consecutive answers form the pairs (0,1), (2,3), ...")
+    temperature: float = option(1.0, help="Sampling temperature of the policy.")
+    top_p: float = option(0.95, help="Nucleus sampling of the policy.")
+    max_new_tokens: int = option(512, help="Tokens per sampled answer.")
+    seed: int = option(1, help="Sampling seed (seed + i for the i-th answer of an endpoint).")
+    # judge
+    judges: list[Any] = option(
+        default_factory=list, help="Judges, each {url, model}: an OpenAI-compatible endpoint and its model name."
+    )
+    min_votes: int = option(2, help="Consistent votes the winner needs (and more than the other answer).")
+    judge_max_new_tokens: int = option(512, help="Tokens per judgment.")
+    concurrency: int = option(8, help="Requests in flight.")
+    # train-rms, score, select
+    pairs_dataset: str | None = option(
+        None,
+        help="A ranking dataset of dataset_dir (any column mapping, e.g. MedicalGPT's question/response_chosen/"
+        "response_rejected) to train, score and select instead of the judge step's pairs.",
+    )
+    rm_yaml: str | None = option(None, help="Base LLaMA-Factory YAML of the reward models (stage rm).")
+    rm_overrides: list[str] = option(default_factory=list, help="key=value for every reward-model run.")
+    num_reward_models: int = option(10, help="K reward models, each with its own data order.")
+    data_seed_base: int = option(1000, help="Model i trains with data_seed = data_seed_base + i.")
+    gpus: list[int] | None = option(None, help="Run the K trainings over these devices (null: one after another).")
+    gpus_per_model: int = option(1, help="Devices per reward-model run.")
+    score_batch_size: int = option(8, help="Pairs per scoring batch.")
+    cutoff_len: int = option(2048, help="Truncation of a pair as in training (LF's infer_seqlen).")
+    flip_fraction: float = option(0.1, help="Fraction of the weakest pairs whose labels are flipped.")
+    drop_fraction: float = option(0.1, help="Fraction of the strongest pairs that are dropped.")
+    flip_below: float | None = option(
+        None, help="Flip pairs whose mean strength is below this (replaces the fraction)."
+    )
+    drop_above: float | None = option(
+        None, help="Drop pairs whose mean strength is above this (replaces the fraction)."
+    )
+    dataset_name: str = option("sfmed_dpo_selected", help="Name of the selected DPO dataset in dataset_info.json.")
+    register_in: str | None = option(None, help="Also register the selected dataset in this dataset_info.json.")
 
     def __post_init__(self) -> None:
-        if self.policy_backend not in ("huggingface", "vllm"):
-            raise ValueError("policy_backend must be huggingface or vllm.")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}.")
+        if self.policy_url and self.model_name_or_path:
+            raise ValueError(
+                "policy_url and model_name_or_path are exclusive: the policy is an endpoint or in process."
+            )
         if self.num_responses < 2 or self.num_responses % 2:
             raise ValueError("num_responses must be an even number >= 2 (responses are paired).")
         self.judges = [judge if isinstance(judge, Judge) else self._judge(judge) for judge in self.judges]
         if len({judge.model for judge in self.judges}) != len(self.judges):
-            raise ValueError("judges: each judge must be a different model (votes and caches are keyed by model).")
+            raise ValueError("judges: each judge must be a different model (votes are kept per model).")
         for name in ("flip_fraction", "drop_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1).")
@@ -82,11 +105,24 @@ class PreferenceConfig(EndpointOptions):
     def _judge(value: Any) -> Judge:
         if not isinstance(value, dict) or set(value) != {"url", "model"}:
             raise ValueError(f"judges: each judge is a mapping with url and model, not {value!r}.")
+        if not all(isinstance(v, str) and v for v in value.values()):
+            raise ValueError(f"judges: url and model are non-empty texts, not {value!r}.")
         return Judge(**value)
 
     @property
     def out(self) -> Path:
         return Path(self.output_dir)
+
+    def pairs_source(self) -> tuple[Path, str]:
+        """(dataset_dir, name) of the ranking dataset train-rms, score and select read."""
+        if self.pairs_dataset:
+            return Path(self.dataset_dir), self.pairs_dataset
+        if not (self.out / "pairs.jsonl").exists():
+            raise DataError(
+                f"{self.out / 'pairs.jsonl'}: missing; run `sfmed pref judge` first, or set pairs_dataset to a ranking "
+                "dataset of dataset_dir."
+            )
+        return self.out, PAIRS_DATASET
 
     def require(self, *names: str) -> None:
         missing = [name for name in names if getattr(self, name) in (None, [], "")]

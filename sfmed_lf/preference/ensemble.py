@@ -22,8 +22,8 @@ from typing import Any
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
-from sfmed_lf.preference.pairs import PAIRS_DATASET, load_pairs
-from sfmed_lf.utils.io import atomic_write_text
+from sfmed_lf.preference.pairs import load_pairs, pairs_digest
+from sfmed_lf.utils.io import atomic_write_text, require_file
 from sfmed_lf.utils.provenance import file_digest
 
 # LF saves the value head beside the model: .safetensors, or .bin with `save_safetensors: false` (transformers 4)
@@ -50,12 +50,12 @@ def _cli() -> str:
 
 def train_reward_models(config: PreferenceConfig) -> list[Path]:
     config.require("rm_yaml")
-    if not (config.out / "pairs.jsonl").exists():
-        raise DataError(f"{config.out / 'pairs.jsonl'}: missing; run `sfmed pref judge` first.")
-    load_pairs(config.out)  # every pair readable before any training starts
+    require_file(config.rm_yaml, "rm_yaml")
+    pairs_dir, pairs_name = config.pairs_source()
+    pairs = load_pairs(pairs_dir, pairs_name)  # every pair readable before any training starts
     status_path = config.out / "ensemble.json"
     inputs = {
-        "pairs": file_digest(config.out / "pairs.jsonl"),
+        "pairs": pairs_digest(pairs),
         "rm_yaml": file_digest(Path(config.rm_yaml)),
         "rm_overrides": config.rm_overrides,
         "data_seed_base": config.data_seed_base,
@@ -85,8 +85,8 @@ def train_reward_models(config: PreferenceConfig) -> list[Path]:
             config.rm_yaml,
             *config.rm_overrides,
             "stage=rm",
-            f"dataset_dir={config.out}",
-            f"dataset={PAIRS_DATASET}",
+            f"dataset_dir={pairs_dir}",
+            f"dataset={pairs_name}",
             f"output_dir={output}",
             f"data_seed={config.data_seed_base + index}",
             "overwrite_output_dir=true",

@@ -122,7 +122,7 @@ def judge_pairs(config: PreferenceConfig) -> list[Path]:
     cache_path = out / "judgments.jsonl"
     # the judges are the models; their URLs may change between runs (a restarted server)
     judges = [judge.model for judge in config.judges]
-    check_provenance(cache_path, {"prompt": JUDGE_PROMPT, "max_tokens": config.judge_max_tokens})
+    check_provenance(cache_path, {"prompt": JUDGE_PROMPT, "max_tokens": config.judge_max_new_tokens})
     cache = ResumableJsonl(cache_path, key="key")
 
     skipped: Counter[str] = Counter()
@@ -153,7 +153,7 @@ def judge_pairs(config: PreferenceConfig) -> list[Path]:
     def ask(request: tuple[str, int, str]) -> dict[str, Any]:
         key, j, text = request
         reply = endpoints[j].complete(
-            [{"role": "user", "content": text}], temperature=0.0, max_tokens=config.judge_max_tokens
+            [{"role": "user", "content": text}], temperature=0.0, max_tokens=config.judge_max_new_tokens
         )
         return {"key": key, "judge": judges[j], "reply": reply, "verdict": parse_verdict(reply)}
 

@@ -13,6 +13,7 @@ from sfmed_lf.formats.datasets import local_dataset, register
 from sfmed_lf.formats.lf_rows import dataset_info_entry
 from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.formats.reading import read_rows
+from sfmed_lf.utils.provenance import text_digest
 
 
 def register_pairs(info_path: str | os.PathLike[str], name: str, file_name: str) -> None:
@@ -48,3 +49,8 @@ def load_pairs(dataset_dir: str | os.PathLike[str], name: str = PAIRS_DATASET) -
     if not pairs:
         raise DataError(f"{dataset.files[0]}: no pairs.")
     return pairs
+
+
+def pairs_digest(pairs: list[PreferencePair]) -> str:
+    """Identity of a set of pairs by their content, in order."""
+    return text_digest("\n".join(pair.key for pair in pairs))

@@ -1,7 +1,8 @@
 """``sfmed pref sample``: k responses per prompt from the SFT model (SF-Med §3.3).
 
-The model is asked through an OpenAI-compatible endpoint (``vllm serve`` or ``llamafactory-cli api``; k requests
-per prompt, ``seed + i`` sent for servers that honour it) or, with ``policy_path`` and no URL, in process through
+The prompts are the SFT conversations of ``datasets`` (dataset_info names) without their last answer. The model is
+asked through an OpenAI-compatible endpoint (``vllm serve`` or ``llamafactory-cli api``; k requests per prompt,
+``seed + i`` sent for servers that honour it) or, with ``model_name_or_path`` and no URL, in process through
 LLaMA-Factory's ChatModel (hf or vLLM engine, ``num_return_sequences = k``). ``responses.jsonl`` gets one line
 per prompt once all k are in, so a killed run re-asks only unfinished prompts.
 """
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.conversation import Conversation, Prompt
-from sfmed_lf.formats.raw import raw_schema
+from sfmed_lf.formats.datasets import local_dataset
 from sfmed_lf.formats.reading import Location
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.serving.chat_client import map_concurrently
@@ -47,19 +48,21 @@ def prompt_of(location: Location, row: dict[str, Any]) -> Prompt:
 
 
 def load_prompts(config: PreferenceConfig) -> list[tuple[str, Prompt]]:
-    """(id, prompt: system, history, question) of each SFT row; its answer is not used."""
-    config.require("prompts")
-    schema = raw_schema(config.prompt_format)
+    """(id ``DATASET:ROW``, prompt: system, history, question) of each SFT row of ``datasets``; its answer is not
+    used."""
+    config.require("datasets")
     prompts = []
-    for location, row in schema.read(config.prompts):
-        sample = schema.parse(location, row)
-        if not isinstance(sample, Conversation):
-            raise location.error(f"a {config.prompt_format} row here must be a dialogue.")
-        prompts.append((f"p{location.row}", sample.prompt()))
-        if config.max_prompts and len(prompts) == config.max_prompts:
-            break
+    for name in config.datasets:
+        dataset = local_dataset(config.dataset_dir, name)
+        if dataset.entry is not None and dataset.entry.kind != "sft":
+            raise DataError(f"datasets: {name} is {dataset.entry.kind} data; prompts come from SFT conversations.")
+        for location, _, sample in dataset.records():
+            assert isinstance(sample, Conversation)
+            prompts.append((f"{name}:{location.row}", sample.prompt()))
+            if config.max_prompts and len(prompts) == config.max_prompts:
+                return prompts
     if not prompts:
-        raise DataError(f"prompts: {config.prompts} holds no prompts.")
+        raise DataError(f"datasets: {', '.join(config.datasets)} hold no prompts.")
     return prompts
 
 
@@ -67,8 +70,9 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
     prompts = load_prompts(config)
     source = {"endpoint": config.policy_url, "served_model": config.policy_model} if config.policy_url else None
     if source is None:
-        config.require("policy_path")
-        source = {"model": model_fingerprint(config.policy_path), "template": config.template, "seed": config.seed}
+        config.require("model_name_or_path")
+        source = {"model": model_fingerprint(config.model_name_or_path), "template": config.template}
+        source["seed"] = config.seed
     path = config.out / RESPONSES
     prompt_digest = text_digest(json.dumps([[i, p.texts()] for i, p in prompts], ensure_ascii=False))
     check_provenance(
@@ -79,7 +83,7 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
             "k": config.num_responses,
             "temperature": config.temperature,
             "top_p": config.top_p,
-            "max_tokens": config.max_tokens,
+            "max_new_tokens": config.max_new_tokens,
         },
     )
     output = ResumableJsonl(path)
@@ -95,7 +99,7 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
                 prompt.messages(),
                 temperature=config.temperature,
                 top_p=config.top_p,
-                max_tokens=config.max_tokens,
+                max_tokens=config.max_new_tokens,
                 seed=config.seed + index,
             )
 
@@ -114,14 +118,14 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
         from sfmed_lf.serving.lf_chat import InProcessChatModel
 
         policy = InProcessChatModel(
-            config.policy_path,
+            config.model_name_or_path,
             config.template,
-            config.policy_backend,
+            config.infer_backend,
             config.seed,
             do_sample=True,
             temperature=config.temperature,
             top_p=config.top_p,
-            max_new_tokens=config.max_tokens,
+            max_new_tokens=config.max_new_tokens,
         )
         for prompt_id, prompt in todo:
             output.append({**prompt_row(prompt_id, prompt), "responses": policy.answers(prompt, k)})

@@ -19,13 +19,12 @@ from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.lf_template import ChatTemplate
-from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.ensemble import rm_dir, value_head_file
-from sfmed_lf.preference.pairs import load_pairs
+from sfmed_lf.preference.pairs import load_pairs, pairs_digest
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
-from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_digest
+from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
 
 
 class RewardModel:
@@ -72,14 +71,8 @@ class RewardModel:
             return values.gather(1, last).view(-1).tolist()
 
 
-def pairs_digest(pairs: list[PreferencePair]) -> str:
-    return text_digest("\n".join(pair.key for pair in pairs))
-
-
 def score_pairs(config: PreferenceConfig) -> list[Path]:
-    if not (config.out / "pairs.jsonl").exists():
-        raise DataError(f"{config.out / 'pairs.jsonl'}: missing; run `sfmed pref judge` first.")
-    pairs = load_pairs(config.out)
+    pairs = load_pairs(*config.pairs_source())
     path = config.out / "scores.jsonl"
     models = [rm_dir(config, i) for i in range(config.num_reward_models)]
     missing = [str(model) for model in models if value_head_file(model) is None]

@@ -43,7 +43,7 @@ def decile_statistics(mean: np.ndarray) -> list[dict[str, float]]:
 
 def select_pairs(config: PreferenceConfig) -> list[Path]:
     out = config.out
-    pairs = load_pairs(out)
+    pairs = load_pairs(*config.pairs_source())
     scores_path = out / "scores.jsonl"
     models = sorted(step_output(scores_path, "score"), key=lambda row: row["model"])
     if len(models) < config.num_reward_models:

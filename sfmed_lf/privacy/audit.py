@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.conversation import Conversation, Text
-from sfmed_lf.formats.datasets import dataset_from_file
+from sfmed_lf.formats.datasets import local_dataset
 from sfmed_lf.privacy.config import AuditConfig
 from sfmed_lf.text.rouge import rouge_l_f
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.plotting import png_bytes, pyplot
-from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
+from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_digest
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,13 @@ class TrainingRecord:
 
 def load_training_records(config: AuditConfig) -> list[TrainingRecord]:
     records = []
-    for path in config.records:
-        for location, _, sample in dataset_from_file(path).records():
+    for name in config.datasets:
+        for location, _, sample in local_dataset(config.dataset_dir, name).records():
             if not isinstance(sample, Conversation | Text):
                 raise location.error("preference pairs are not training records to audit.")
-            records.append(TrainingRecord(f"{Path(path).name}:{location.row}", sample))
+            records.append(TrainingRecord(f"{name}:{location.row}", sample))
+    if not records:
+        raise DataError(f"datasets: {', '.join(config.datasets)} hold no records.")
     if config.sample_size is not None and config.sample_size < len(records):
         chosen = sorted(random.Random(config.seed).sample(range(len(records)), config.sample_size))
         records = [records[index] for index in chosen]
@@ -87,9 +89,11 @@ def run_audit(config: AuditConfig) -> list[Path]:
     settings = {
         k: getattr(config, k) for k in ("template", "split", "prefix_ratio", "prefix_tokens", "max_suffix_tokens")
     }
-    check_provenance(results_path, {"model": model_fingerprint(config.model_name_or_path), **settings})
-    results = ResumableJsonl(results_path)
     records = load_training_records(config)
+    audited = text_digest(json.dumps([[r.id, repr(r.sample)] for r in records], ensure_ascii=False))
+    model = model_fingerprint(config.model_name_or_path)
+    check_provenance(results_path, {"model": model, "records": audited, **settings})
+    results = ResumableJsonl(results_path)
     todo = [record for record in records if record.id not in results]
     if todo:
         tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, padding_side="left")

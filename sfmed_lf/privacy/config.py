@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from sfmed_lf.steps import StepConfig, option
 
 SplitMode = Literal["prompt", "ratio", "tokens"]
 Pooling = Literal["mean", "last"]
 
 
 @dataclass
-class AuditConfig:
-    model_name_or_path: str
-    output_dir: str
-    records: list[str] = field(default_factory=list)  # training files: alpaca, sharegpt or {"text": ...} rows
-    template: str = "sfmed"  # LLaMA-Factory template the model was trained with (renders prompts as in training)
-    sample_size: int | None = None  # audit this many records, drawn with `seed`; None = all
-    seed: int = 42
-    split: SplitMode = "prompt"  # prompt: prefix = rendered prompt, suffix = label; ratio/tokens: cut the sequence
-    prefix_ratio: float = 0.5
-    prefix_tokens: int = 32
-    max_suffix_tokens: int = 256
-    threshold: float = 0.8  # Rouge-L F above which a record counts as memorized
-    batch_size: int = 8
+class AuditConfig(StepConfig):
+    renamed_options: ClassVar[dict[str, str]] = {
+        "records": "use datasets: dataset_info.json names (with dataset_dir) of the training data."
+    }
+
+    model_name_or_path: str = option(help="The audited model (local checkpoint).")
+    output_dir: str = option(help="audit_results.jsonl (resumable), audit_report.json, high_risk.jsonl, the plot.")
+    datasets: list[str] = option(
+        default_factory=list, help="dataset_info.json names (in dataset_dir) of the training data: SFT or pre-training."
+    )
+    dataset_dir: str = option(".", help="Directory holding dataset_info.json (as LLaMA-Factory's dataset_dir).")
+    template: str = option("sfmed", help="LLaMA-Factory template the model was trained with (prompts as in training).")
+    sample_size: int | None = option(None, help="Audit this many records, drawn with seed (null: all).")
+    seed: int = option(42, help="Seed of the sample.")
+    split: SplitMode = option(
+        "prompt", help="prompt: prefix = rendered prompt, suffix = label; ratio / tokens: cut the token sequence."
+    )
+    prefix_ratio: float = option(0.5, help="split ratio: share of the tokens in the prefix.")
+    prefix_tokens: int = option(32, help="split tokens: tokens in the prefix.")
+    max_suffix_tokens: int = option(256, help="Longest suffix compared (tokens).")
+    threshold: float = option(0.8, help="Rouge-L F above which a record counts as memorized.")
+    batch_size: int = option(8, help="Records per generate() call.")
 
     def __post_init__(self) -> None:
-        if isinstance(self.records, str):
-            self.records = [self.records]
-        if not self.records:
-            raise ValueError("records: name at least one training file to audit.")
+        if isinstance(self.datasets, str):
+            self.datasets = [self.datasets]
+        if not self.datasets:
+            raise ValueError("datasets: name at least one training dataset to audit.")
         if self.split not in ("prompt", "ratio", "tokens"):
             raise ValueError(f"split must be prompt, ratio or tokens, not {self.split!r}.")
         if not 0 < self.prefix_ratio < 1:
@@ -49,14 +60,16 @@ DEFAULT_SECURE_RESPONSE = (
 
 
 @dataclass
-class DatabaseConfig:
-    model_name_or_path: str  # the model the guard will serve: embeddings come from its own hidden states
-    audit_dir: str  # where `sfmed privacy audit` wrote high_risk.jsonl
-    output_dir: str
-    layer: int | None = None  # hidden-state index (0 = embeddings output); None = the middle layer
-    pooling: Pooling = "mean"
-    secure_responses: str | None = None  # JSONL of {"id", "secure_response"}; others get default_secure_response
-    default_secure_response: str = DEFAULT_SECURE_RESPONSE
+class DatabaseConfig(StepConfig):
+    model_name_or_path: str = option(help="The model the guard serves: embeddings come from its hidden states.")
+    audit_dir: str = option(help="Where `sfmed privacy audit` wrote high_risk.jsonl.")
+    output_dir: str = option(help="index.faiss, center.npy, entries.jsonl, meta.json.")
+    layer: int | None = option(None, help="Hidden-state index (0 = embeddings output); null: the middle layer.")
+    pooling: Pooling = option("mean", help="mean or last-token pooling.")
+    secure_responses: str | None = option(
+        None, help='JSONL of {"id", "secure_response"}; other entries get default_secure_response.'
+    )
+    default_secure_response: str = option(DEFAULT_SECURE_RESPONSE, help="Answer served for a memorized record.")
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "last"):

@@ -20,13 +20,14 @@ from sfmed_lf.errors import DataError
 from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.privacy.config import DatabaseConfig
 from sfmed_lf.privacy.embeddings import centred_unit_rows, pooled_states, resolve_layer
-from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text, require_file
 from sfmed_lf.utils.provenance import model_fingerprint
 
 
 def secure_counterparts(config: DatabaseConfig) -> dict[str, str]:
     if not config.secure_responses:
         return {}
+    require_file(config.secure_responses, "secure_responses")
     counterparts = {}
     for location, row in read_rows(config.secure_responses):
         if not isinstance(row.get("id"), str) or not isinstance(row.get("secure_response"), str):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import httpx
 
 from sfmed_lf.errors import EndpointError
+from sfmed_lf.steps import option
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -79,9 +80,9 @@ class ChatEndpoint:
 class EndpointOptions:
     """The endpoint options of every step that asks OpenAI-compatible servers; a base of their YAML configs."""
 
-    api_key: str | None = None  # sent to every endpoint when set (llamafactory-cli api checks API_KEY)
-    request_timeout_s: float = 300.0
-    max_retries: int = 4
+    api_key: str | None = option(None, help="Sent to every endpoint when set (llamafactory-cli api checks API_KEY).")
+    request_timeout_s: float = option(300.0, help="Seconds one request may take before it is retried.")
+    max_retries: int = option(4, help="Retries of a failed request (connection errors, timeouts, 429, 5xx).")
 
     def endpoint(self, base_url: str, model: str) -> ChatEndpoint:
         """A client for ``base_url`` with these options' key, timeout and retries."""

@@ -17,8 +17,10 @@ class Lexicon:
         else:
             try:
                 text = Path(path).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise DataError(f"lexicon: {path} does not exist.") from None
             except (OSError, UnicodeDecodeError) as error:
-                raise DataError(f"lexicon {path}: cannot read ({error}).") from error
+                raise DataError(f"lexicon: {path}: cannot read ({error}).") from error
         terms = {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
         if not terms:
             raise DataError(f"lexicon {path or '(bundled)'}: no terms.")

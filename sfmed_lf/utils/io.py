@@ -46,6 +46,15 @@ def refuse_to_overwrite(
             raise DataError(f"{option}: writing {output} would overwrite the input {source}; choose another {option}.")
 
 
+def require_file(path: str | os.PathLike[str] | None, option: str) -> Path:
+    """``path`` as a Path, or an error naming the option that pointed there."""
+    if path is None or not Path(path).exists():
+        raise DataError(f"{option}: {path} does not exist.")
+    if Path(path).is_dir():
+        raise DataError(f"{option}: {path} is a directory, not a file.")
+    return Path(path)
+
+
 def _check_not_an_input(path: Path) -> None:
     inputs = _READ_INPUTS.get()
     if inputs and (source := inputs.get(path.resolve())) is not None:
@@ -53,10 +62,14 @@ def _check_not_an_input(path: Path) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """A file handle whose content replaces ``path`` only when the block completes (streamed, for large outputs)."""
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", updates_input: bool = False
+) -> Iterator[IO]:
+    """A file handle whose content replaces ``path`` only when the block completes (streamed, for large outputs).
+    ``updates_input``: the file is a registry read and rewritten with its content kept (a dataset_info.json)."""
     path = Path(path)
-    _check_not_an_input(path)
+    if not updates_input:
+        _check_not_an_input(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -70,13 +83,13 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, updates_input: bool = False) -> None:
+    with atomic_open(path, "wb", updates_input=updates_input) as handle:
         handle.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike[str], text: str, updates_input: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), updates_input)
 
 
 def atomic_write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:

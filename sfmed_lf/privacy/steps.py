@@ -1,0 +1,31 @@
+"""The ``sfmed privacy`` steps (SF-Med Appendix B): the memorization audit and the guard's high-risk database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sfmed_lf.privacy.config import AuditConfig, DatabaseConfig
+from sfmed_lf.steps import Stage, Step
+
+
+class Audit(Step[AuditConfig]):
+    name, config = "audit", AuditConfig
+    help = "greedy continuation of training records; Rouge-L against the label"
+
+    def run(self, config: AuditConfig) -> list[Path]:
+        from sfmed_lf.privacy.audit import run_audit
+
+        return run_audit(config)
+
+
+class BuildDatabase(Step[DatabaseConfig]):
+    name, config = "build-db", DatabaseConfig
+    help = "embeddings of the memorized records, with their secure answers"
+
+    def run(self, config: DatabaseConfig) -> list[Path]:
+        from sfmed_lf.privacy.database import build_database
+
+        return build_database(config)
+
+
+STAGE = Stage("privacy", "memorization audit and the high-risk database of the guard", [Audit(), BuildDatabase()])

@@ -1,0 +1,110 @@
+"""One shape for every ``sfmed`` step, and the registry the command line is built from.
+
+A step is a config dataclass whose fields carry their help text (:func:`option`) and a :class:`Step` whose
+``run(config)`` returns the paths it wrote. A stage (``data``, ``pref``, ``eval``, ``privacy``, …) is a module that
+defines ``STAGE = Stage(...)`` with its steps; :data:`STAGES` maps each ``sfmed`` subcommand to that module, so a
+new stage package adds one line here and nothing else. The command line (``sfmed_lf/cli.py``) imports a stage's
+module only when that stage is run or asked for ``-h``.
+
+Two kinds of step:
+
+- **YAML steps** (``yaml = True``): ``sfmed STAGE STEP CONFIG.yaml [key=value ...]``, LF-style: a flat mapping of
+  option -> value, validated against the config class; ``-h`` lists every option with its type, default and help.
+- **Argument steps** (``yaml = False``; ``arguments`` names the positional fields):
+  ``sfmed data convert NAME INPUT OUTPUT --stage sft``; every other field is a ``--flag``.
+
+One YAML vocabulary across stages: ``model_name_or_path`` + ``template`` for a local model; ``<role>_url`` +
+``<role>_model`` for an OpenAI-compatible endpoint (``generator_``, ``policy_``, ``judge_``, ``candidate_``,
+``baseline_``); ``max_new_tokens``; ``datasets`` = dataset_info.json names with ``dataset_dir``; ``output_dir``. A
+config class lists the keys it no longer takes in ``renamed_options`` (old -> new), and an old key is refused with a
+message naming the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from sfmed_lf.config_files import field_type_name
+
+STAGES: dict[str, tuple[str, str]] = {
+    # subcommand: (module defining STAGE, one-line help)
+    "data": ("sfmed_lf.data_prep.steps", "SFT and pre-training data: convert, check, dedup, diversify, attach, mix"),
+    "pref": ("sfmed_lf.preference.steps", "preference pairs: sample, judge, reward ensemble, flip/drop"),
+    "eval": ("sfmed_lf.eval.steps", "compare two models: Rouge-L, judge scores, multiple choice"),
+    "privacy": ("sfmed_lf.privacy.steps", "memorization audit and the high-risk database of the guard"),
+}
+
+
+def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING) -> Any:
+    """A config field with its help text (shown by ``sfmed STAGE STEP -h``)."""
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class StepConfig:
+    """Base of every step's options."""
+
+    renamed_options: ClassVar[dict[str, str]] = {}  # old key -> the key that replaced it (or why it is gone)
+
+
+C = TypeVar("C", bound=StepConfig)
+
+
+class Step(Generic[C]):
+    name: ClassVar[str]
+    help: ClassVar[str]
+    config: ClassVar[type]
+    yaml: ClassVar[bool] = True  # a YAML step (CONFIG.yaml key=value ...) or an argument step (positionals, --flags)
+    arguments: ClassVar[tuple[str, ...]] = ()  # the positional fields of an argument step
+
+    def run(self, config: C) -> list[Path]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    steps: Sequence[Step[Any]]
+    # an extra subcommand that runs several steps in order ("all"), skipping those whose config says so
+    sequence: tuple[str, ...] = ()
+    skip_in_sequence: Callable[[str, Any], str | None] | None = None
+
+    def step(self, name: str) -> Step[Any]:
+        return next(step for step in self.steps if step.name == name)
+
+
+def options_help(config_class: type) -> str:
+    """Every option of a config class: name, type, default (or "required") and help, one block per option."""
+    hints = typing.get_type_hints(config_class)
+    blocks = []
+    for item in dataclasses.fields(config_class):
+        if not item.init or item.metadata.get("internal"):
+            continue
+        if item.default is not MISSING:
+            default = f"default: {item.default!r}"
+        elif item.default_factory is not MISSING:
+            default = f"default: {item.default_factory()!r}"
+        else:
+            default = "required"
+        help_text = item.metadata.get("help", "")
+        blocks.append(
+            f"  {item.name} ({field_type_name(hints.get(item.name, item.type))}; {default})\n      {help_text}"
+        )
+    return "\n".join(blocks)
+
+
+def undocumented_options(config_class: type) -> list[str]:
+    fields = dataclasses.fields(config_class)
+    return [
+        item.name
+        for item in fields
+        if item.init and not item.metadata.get("internal") and not item.metadata.get("help")
+    ]

@@ -1,0 +1,136 @@
+"""One step shape: every `sfmed` step comes from the registry, documents every option (`sfmed STAGE STEP -h` lists
+them), speaks one YAML vocabulary, refuses the keys it replaced by naming the new one, and checks value types."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sfmed_lf.cli import build_parser, load_stage, main
+from sfmed_lf.config_files import ConfigError, load_config
+from sfmed_lf.steps import STAGES, Step, StepConfig, undocumented_options
+from tests.helpers import REPO_ROOT
+
+ALL_STEPS = [(command, step) for command in STAGES for step in load_stage(command).steps]
+IDS = [f"{command}-{step.name}" for command, step in ALL_STEPS]
+# the sfmed step each example YAML is written for (LLaMA-Factory YAMLs have a `stage` key and are tested elsewhere)
+EXAMPLE_STEPS = {
+    "sfmed_attach_system.yaml": ("data", "attach-system"),
+    "sfmed_dedup_sft.yaml": ("data", "dedup"),
+    "sfmed_dedup_sft_ray.yaml": ("data", "dedup"),
+    "sfmed_dedup_sft_slurm.yaml": ("data", "dedup"),
+    "sfmed_diversify_single.yaml": ("data", "diversify"),
+    "sfmed_pt_mix.yaml": ("data", "mix"),
+    "sfmed_pref.yaml": ("pref", "sample"),
+    "sfmed_eval.yaml": ("eval", "generate"),
+    "sfmed_privacy_audit.yaml": ("privacy", "audit"),
+    "attach_system.yaml": ("data", "attach-system"),
+    "dedup.yaml": ("data", "dedup"),
+    "diversify_multi.yaml": ("data", "diversify"),
+    "diversify_single.yaml": ("data", "diversify"),
+    "mix.yaml": ("data", "mix"),
+    "pref.yaml": ("pref", "sample"),
+    "eval.yaml": ("eval", "generate"),
+    "privacy_audit.yaml": ("privacy", "audit"),
+    "privacy_db.yaml": ("privacy", "build-db"),
+}
+
+
+@pytest.mark.parametrize(("command", "step"), ALL_STEPS, ids=IDS)
+def test_every_step_has_the_one_shape_and_lists_every_option_in_its_help(command, step, capsys):
+    assert isinstance(step, Step) and issubclass(step.config, StepConfig) and dataclasses.is_dataclass(step.config)
+    assert typing.get_type_hints(type(step).run)["return"] == list[Path], "run returns the paths it wrote"
+    assert not undocumented_options(step.config), "every option carries help text"
+    with pytest.raises(SystemExit) as exit_:
+        main([command, step.name, "-h"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    for item in dataclasses.fields(step.config):
+        if item.init and not item.metadata.get("internal"):
+            name = item.name if step.yaml or item.name in step.arguments else f"--{item.name.replace('_', '-')}"
+            assert name in shown, f"{name} missing from `sfmed {command} {step.name} -h`"
+            assert item.metadata["help"].split()[0] in shown
+
+
+def test_the_command_line_is_built_from_the_registry():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(STAGES) <= set(commands)
+    for command in STAGES:
+        steps = commands[command]._subparsers._group_actions[0].choices
+        assert {step.name for step in load_stage(command).steps} <= set(steps)
+
+
+VOCABULARY_BANNED = {"max_tokens", "tokenizer", "records", "prompts", "prompt_format", "input_dir", "policy_path"}
+
+
+@pytest.mark.parametrize(("command", "step"), ALL_STEPS, ids=IDS)
+def test_one_vocabulary_across_stages(command, step):
+    names = {item.name for item in dataclasses.fields(step.config) if item.init}
+    assert not names & VOCABULARY_BANNED
+    stray = {name for name in names if name.endswith(("_endpoint", "_path", "_served_name", "_max_tokens"))}
+    assert not {name for name in stray if not name.endswith("model_name_or_path")}
+    for name in names:
+        if name.endswith("_url"):
+            assert f"{name.removesuffix('_url')}_model" in names, "an endpoint is <role>_url + <role>_model"
+    if "datasets" in names and step.yaml:
+        assert "dataset_dir" in names, "datasets are dataset_info names, found in dataset_dir"
+
+
+@pytest.mark.parametrize(
+    ("command", "step", "old", "new"),
+    [
+        ("eval", "generate", "model_a_path=m", "candidate_model_name_or_path"),
+        ("eval", "generate", "judge_endpoint=http://x/v1", "judge_url"),
+        ("eval", "generate", "judge_max_tokens=5", "judge_max_new_tokens"),
+        ("pref", "sample", "policy_path=m", "model_name_or_path"),
+        ("pref", "sample", "max_tokens=5", "max_new_tokens"),
+        ("pref", "sample", "prompts=x.json", "datasets"),
+        ("data", "diversify", "max_tokens=5", "max_new_tokens"),
+        ("data", "mix", "tokenizer=m", "model_name_or_path"),
+        ("data", "attach-system", "input_dir=d", "dataset_dir"),
+        ("privacy", "audit", "records=[a.json]", "datasets"),
+    ],
+)
+def test_old_keys_are_refused_naming_the_new_one(command, step, old, new, capsys):
+    assert main([command, step, "output_dir=o", old]) == 2
+    error = capsys.readouterr().err
+    assert f"option {old.split('=')[0]!r} is no longer used" in error and new in error
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("threshold=high", "threshold: 'high' is not a number"),
+        ("num_proc=2.5", "num_proc: 2.5 is not an integer"),
+        ("datasets=sfmed_sft_single", "datasets: 'sfmed_sft_single' is not a list"),
+        ("cross_dataset=maybe", "cross_dataset: 'maybe' is not true or false"),
+        ("engine=spark", "engine: 'spark' is not one of 'native', 'datatrove'"),
+        ("threshold=0.5 threshold=0.6", "override threshold is given twice"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_not_coerced(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        load_config(load_stage("data").step("dedup").config, None, [f"output_dir={tmp_path}", *override.split()])
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_STEPS))
+def test_example_yamls_load_with_their_step(name):
+    path = next(p for p in sorted((REPO_ROOT / "examples" / "yaml").rglob(name)))
+    values = yaml.safe_load(path.read_text())
+    assert "stage" not in values
+    command, step = EXAMPLE_STEPS[name]
+    load_config(load_stage(command).step(step).config, path)
+
+
+def test_every_sfmed_example_yaml_is_covered():
+    sfmed_yamls = {
+        path.name
+        for path in (REPO_ROOT / "examples" / "yaml").rglob("*.yaml")
+        if "stage" not in (yaml.safe_load(path.read_text()) or {}) and not path.name.startswith(("tiny_model", "infer"))
+    }
+    assert sfmed_yamls == set(EXAMPLE_STEPS)
