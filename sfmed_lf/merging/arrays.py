@@ -42,8 +42,8 @@ class NumpyOps:
 
     @staticmethod
     def add_at_(array: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
-        """array[positions] += values, positions unique."""
-        array[positions] += values
+        """array[positions] += values (positions unique here; ``add.at`` is the faster of the two in numpy 2)."""
+        np.add.at(array, positions, values)
 
     @staticmethod
     def flatnonzero(mask: np.ndarray) -> np.ndarray:
@@ -87,8 +87,18 @@ class NumpyOps:
         return np.copysign(magnitudes, signs)
 
     @staticmethod
-    def sqrt(values: np.ndarray) -> np.ndarray:
-        return np.sqrt(values)
+    def sqrt(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """torch's square root (rounded differently from numpy's in the last bit), so that |delta| is AdamW's."""
+        root = torch.sqrt(torch.from_numpy(values), out=None if out is None else torch.from_numpy(out))
+        return root.numpy()
+
+    @staticmethod
+    def divide(numerators: np.ndarray, denominators: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return np.divide(numerators, denominators, out=out)
+
+    @staticmethod
+    def abs_(values: np.ndarray) -> np.ndarray:
+        return np.abs(values, out=values)
 
     @staticmethod
     def count_nonzero(values: np.ndarray) -> int:
@@ -171,8 +181,16 @@ class TorchOps:
         return torch.copysign(magnitudes, signs)
 
     @staticmethod
-    def sqrt(values: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(values)
+    def sqrt(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sqrt(values, out=out)
+
+    @staticmethod
+    def divide(numerators: torch.Tensor, denominators: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return torch.div(numerators, denominators, out=out)
+
+    @staticmethod
+    def abs_(values: torch.Tensor) -> torch.Tensor:
+        return values.abs_()
 
     @staticmethod
     def count_nonzero(values: torch.Tensor) -> int:

@@ -161,12 +161,15 @@ class _SparseMerge:
         self.step_size, self.bias_correction2_sqrt, self.eps = step_size, bias_correction2_sqrt, eps
         self.onties = config.method is MergeMethod.ONTIES
         self.rescale = config.applied_rescale
-        self.magnitude_tensor = self.magnitudes = self.above_mask = None
-        if self.onties or self.rescale is Rescale.L1:  # |delta| * bc1 / lr densely, to rank or to sum (torch: threads)
-            magnitudes = adam_denominator(exp_avg_sq, bias_correction2_sqrt, eps, out=scratch.like(exp_avg_sq))
-            self.magnitude_tensor = torch.div(exp_avg, magnitudes, out=magnitudes).abs_()
-            self.magnitudes = ops.view(self.magnitude_tensor)
-            self.above_mask = scratch.take(exp_avg.numel(), torch.bool, exp_avg.device)
+        self.magnitudes = self.above_mask = None
+        if self.onties or self.rescale is Rescale.L1:  # |delta| * bc1 / lr densely, to rank or to sum
+            self.magnitudes = ops.view(scratch.like(exp_avg_sq))
+            ops.sqrt(self.exp_avg_sq, out=self.magnitudes)  # AdamW's arithmetic, as in adam_denominator
+            self.magnitudes /= bias_correction2_sqrt
+            self.magnitudes += eps
+            ops.divide(self.exp_avg, self.magnitudes, out=self.magnitudes)
+            ops.abs_(self.magnitudes)
+            self.above_mask = ops.view(scratch.take(exp_avg.numel(), torch.bool, exp_avg.device))
         self.positions: list[Array] = []
         self.values: list[Array] = []
         self.tau_losers: list[Array] = []
@@ -176,8 +179,9 @@ class _SparseMerge:
         if self.onties:
             window = slice(segment.start, segment.start + segment.length)
             k = keep_count(segment.length, self.config.keep_prob)
-            selection = top_k(self.magnitude_tensor[window], k, self.above_mask[window])
+            selection = top_k(ops, self.magnitudes[window], k, self.above_mask[window])
             positions = selection.positions + segment.start if segment.start else selection.positions
+            kept_magnitudes = selection.values
         else:
             mask = kept_positions(
                 self.config,
@@ -189,8 +193,9 @@ class _SparseMerge:
                 device=self.device,
             )
             positions = ops.view(mask) + segment.start if segment.start else ops.view(mask)
-        scale = rescale_factor(self.config, *self._l1_norms(segment, positions))
-        if self.magnitudes is None:  # OnDARE: delta at the kept positions only
+            kept_magnitudes = None if self.magnitudes is None else ops.take(self.magnitudes, positions)
+        scale = rescale_factor(self.config, *self._l1_norms(segment, kept_magnitudes))
+        if kept_magnitudes is None:  # OnDARE: delta at the kept positions only
             denominator = ops.sqrt(ops.take(self.exp_avg_sq, positions))
             denominator /= self.bias_correction2_sqrt
             denominator += self.eps
@@ -198,36 +203,44 @@ class _SparseMerge:
             values /= denominator
         else:
             if self.onties and len(tau_positions):
-                self._elect(segment, selection, scale, tau_positions, tau_values)
-            values = ops.copysign(ops.take(self.magnitudes, positions), ops.take(self.exp_avg, positions))
+                self._elect(segment, selection, kept_magnitudes, scale, tau_positions, tau_values)
+            values = ops.copysign(kept_magnitudes, ops.take(self.exp_avg, positions))
         values *= -self.step_size * scale * (1.0 - self.config.alpha)  # (1 - alpha) * delta', ready to add
         self.positions.append(positions)
         self.values.append(values)
 
-    def _l1_norms(self, segment: Segment, positions: Array) -> tuple[float | None, float | None]:
+    def _l1_norms(self, segment: Segment, kept_magnitudes: Array | None) -> tuple[float | None, float | None]:
         if self.rescale is not Rescale.L1:
             return None, None
-        dense = self.magnitude_tensor[segment.start : segment.start + segment.length].sum(dtype=torch.float64)
-        return float(dense), self.ops.sum64(self.ops.take(self.magnitudes, positions))
+        dense = self.magnitudes[segment.start : segment.start + segment.length]
+        return self.ops.sum64(dense), self.ops.sum64(kept_magnitudes)
 
-    def _elect(self, segment: Segment, selection: TopK, scale: float, tau_positions: Array, tau_values: Array) -> None:
+    def _elect(
+        self,
+        segment: Segment,
+        selection: TopK,
+        kept_magnitudes: Array,
+        scale: float,
+        tau_positions: Array,
+        tau_values: Array,
+    ) -> None:
         """TIES where tau' and delta' both have entries in this segment (elsewhere the one present wins): zero the
-        magnitudes of the delta' entries that lose the election (so that they gather as 0), and remember the tau'
-        entries that lose it."""
+        kept magnitudes of the delta' entries that lose the election, and remember the tau' entries that lose it."""
         ops = self.ops
         low, high = ops.index_range(tau_positions, segment.start, segment.start + segment.length)
         if low == high:
             return
         at = tau_positions[low:high]
         magnitudes_at = ops.take(self.magnitudes, at)
-        both = ops.flatnonzero(selection.contains(at - segment.start if segment.start else at, magnitudes_at))
+        relative = at - segment.start if segment.start else at
+        both = ops.flatnonzero(selection.contains(relative, magnitudes_at))
         if not len(both):
             return
-        positions = ops.take(at, both)
-        update = ops.copysign(ops.take(magnitudes_at, both), ops.take(self.exp_avg, positions))
+        update = ops.copysign(ops.take(magnitudes_at, both), ops.take(self.exp_avg, ops.take(at, both)))
         update *= -self.step_size * scale
         update_disagrees, tau_agrees = _disagreements(ops.take(tau_values[low:high], both), update)
-        self.magnitudes[positions[update_disagrees]] = 0
+        losers = ops.take(ops.take(relative, both), ops.flatnonzero(update_disagrees))
+        kept_magnitudes[ops.searchsorted(selection.positions, losers)] = 0
         self.tau_losers.append(both[~tau_agrees] + low)
 
     def update(self) -> tuple[Array, Array]:

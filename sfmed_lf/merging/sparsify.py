@@ -60,17 +60,23 @@ def _lower_bound_of_kth_largest(magnitudes: Array, k: int, ops: Ops) -> float:
     size = len(sample)
     quantile = 1.0 - k / numel
     margin = BOUND_SIGMAS * math.sqrt(max(quantile * (1.0 - quantile), 1.0 / size) / size)
-    rank = min(size, math.floor((quantile - margin) * size))
+    bound_quantile = quantile - margin
+    if ops.name == "numpy" and 0.9 < bound_quantile <= 0.955:
+        # numpy's flatnonzero runs a branch-free loop above ~10 % density, 2.5x faster than at 5 %: more
+        # candidates, fewer cycles
+        bound_quantile = 0.9
+    rank = min(size, math.floor(bound_quantile * size))
     return ops.kth_smallest(sample, rank) if rank >= 1 else -math.inf
 
 
 @dataclass(frozen=True)
 class TopK:
-    """The k largest entries of a 1-D array: their ascending ``positions`` (an array of the backend that selected
-    them); ``threshold`` (the k-th largest value) and ``last_tie`` (the highest kept position holding it) decide
-    membership without a search."""
+    """The k largest entries of a 1-D array: their ascending ``positions`` and their ``values`` (arrays of the
+    backend that selected them); ``threshold`` (the k-th largest value) and ``last_tie`` (the highest kept position
+    holding it, when some entries equal to it are not kept) decide membership without a search."""
 
     positions: Array
+    values: Array
     threshold: float
     last_tie: int
     all_ties_kept: bool
@@ -82,23 +88,21 @@ class TopK:
         return (values > self.threshold) | ((values == self.threshold) & (positions <= self.last_tie))
 
 
-def top_k(magnitudes: torch.Tensor, k: int, above_mask: torch.Tensor | None = None) -> TopK:
-    """Exactly ``k`` largest entries of the 1-D ``magnitudes``; among entries equal to the k-th largest, the lowest
-    positions win (Adam's first step makes most |delta| equal to lr, and bf16 ties often). ``above_mask``: an
-    optional bool buffer of the same size, to spare an allocation.
+def top_k(ops: Ops, magnitudes: Array, k: int, above_mask: Array | None = None) -> TopK:
+    """Exactly ``k`` largest entries of the 1-D array ``magnitudes`` (of the ``ops`` backend); among entries equal to
+    the k-th largest, the lowest positions win (Adam's first step makes most |delta| equal to lr, and bf16 ties
+    often). ``above_mask``: an optional bool buffer of the same size, to spare an allocation.
 
     The reference argsorts every tensor at every step. Here only the entries above a sampled lower bound of the k-th
     largest value (k plus a few per mille of n) are gathered, and the k-th largest is selected among them."""
-    ops = ops_for(magnitudes)
-    values = ops.view(magnitudes)
+    values = magnitudes
     numel = len(values)
     if k >= numel:
-        return TopK(ops.arange(numel, values), -math.inf, numel - 1, True)
+        return TopK(ops.arange(numel, values), values[:], -math.inf, numel - 1, True)
     candidates = None
     if numel >= 4 * SAMPLE_SIZE:
         bound = _lower_bound_of_kth_largest(values, k, ops)
-        mask = None if above_mask is None else ops.view(above_mask)
-        candidates = ops.flatnonzero(ops.greater_equal(values, bound, out=mask))
+        candidates = ops.flatnonzero(ops.greater_equal(values, bound, out=above_mask))
         if len(candidates) < k:  # the bound missed: select among all entries
             candidates = None
         else:
@@ -117,12 +121,13 @@ def top_k(magnitudes: torch.Tensor, k: int, above_mask: torch.Tensor | None = No
     if surplus:
         tie_positions = positions[ops.take(ties, kept)]
         last_tie = int(tie_positions[-1]) if len(tie_positions) else -1
-    return TopK(positions, threshold, last_tie, surplus == 0)
+    return TopK(positions, ops.take(values, kept), threshold, last_tie, surplus == 0)
 
 
 def top_k_positions(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
-    """Ascending positions of exactly ``k`` largest entries (see :func:`top_k`)."""
-    return ops_for(magnitudes).as_tensor(top_k(magnitudes, k).positions)
+    """Ascending positions of exactly ``k`` largest entries of a 1-D tensor (see :func:`top_k`)."""
+    ops = ops_for(magnitudes)
+    return ops.as_tensor(top_k(ops, ops.view(magnitudes), k).positions)
 
 
 def kept_positions(
