@@ -12,9 +12,10 @@ process, one step of each per round, so that the machine's drifts (other jobs) h
 1. update statistics, at the same moments (weight decay and alpha 0): the fraction of entries the step moves, the
    slope of the mean update on AdamW's update (over ``--seeds`` mask seeds), and for OnTIES how many kept entries
    ours and the authors' share;
-2. the optimizer step alone, on gradients recorded from real DPO steps: CPU time of the step (the calling thread's,
-   which is the work itself when ``--threads 1``, whatever else the machine runs) and wall time;
-3. the whole DPO step (policy and reference forward, backward, optimizer step), wall time;
+2. the optimizer step alone, on gradients recorded from real DPO steps;
+3. the whole DPO step (policy and reference forward, backward, optimizer step);
+both as CPU time of the process (with ``--threads 1`` the work itself, whatever else the machine runs: the ratios
+use it) and wall time (the ratios use it with more threads);
 4. memory: what each optimizer keeps beyond AdamW's moments, in fp32 copies of the trainable parameters (ours: the
    kept entries of tau', 1.5 * p; the authors': a dense tau), and on CUDA each optimizer's peak, alone in a process.
 
@@ -192,12 +193,14 @@ def synchronize(device: str) -> None:
 
 
 def timed(function: Callable[[], object], device: str) -> tuple[float, float]:
-    """(CPU time of this thread, wall time) of one call, in seconds."""
+    """(CPU time of this process, wall time) of one call, in seconds. With one thread, the CPU time is the work itself
+    whatever else the machine runs; with more, it also counts threads waiting for each other, and wall time is the
+    measure (interleaving keeps the comparison fair)."""
     synchronize(device)
-    cpu, wall = time.thread_time(), time.perf_counter()
+    cpu, wall = time.process_time(), time.perf_counter()
     function()
     synchronize(device)
-    return time.thread_time() - cpu, time.perf_counter() - wall
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def set_gradients(model: torch.nn.Module, gradients: list[torch.Tensor]) -> None:
@@ -369,7 +372,9 @@ def run_all(args: argparse.Namespace, official: dict[str, type] | None) -> dict:
         "whole_dpo_step": whole,
         "extra_memory_fraction": memory,
     }
-    for kind, key in (("optimizer_step_alone", "cpu_s"), ("whole_dpo_step", "wall_s")):
+    key = "cpu_s" if args.threads == 1 and args.device == "cpu" else "wall_s"
+    results["ratios_measured_on"] = key
+    for kind in ("optimizer_step_alone", "whole_dpo_step"):
         times = results[kind]
         if "adamw-foreach" in times:
             base = times["adamw-foreach"][key]
@@ -388,20 +393,20 @@ def report(results: dict) -> None:
         f"alpha = {results['alpha']}, {results['threads']} thread(s), load average "
         f"{results['load_average_1min'][0]:.1f} -> {results['load_average_1min'][1]:.1f}"
     )
+    measure = "CPU" if results["ratios_measured_on"] == "cpu_s" else "wall"
     print(
-        "| peer | kept fraction | slope on AdamW | step alone, CPU ms (x foreach) | step alone, wall ms "
-        "| whole DPO step, wall ms (x foreach) | extra memory (fp32 copy = 1) |"
+        f"| peer | kept fraction | slope on AdamW | step alone: CPU ms, wall ms (x foreach, {measure}) "
+        f"| whole DPO step: CPU ms, wall ms (x foreach, {measure}) | extra memory (fp32 copy = 1) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for name in results["peers"]:
         stat = stats.get(name, {})
         cells = [
             name,
             f"{stat['kept_fraction']:.4f}" if stat else "",
             f"{stat['slope_on_adamw']:.3f}" if stat else "",
-            f"{alone[name]['cpu_s'] * 1e3:.1f} ({ratio_alone[name]:.2f}x)" if name in alone else "",
-            f"{alone[name]['wall_s'] * 1e3:.1f}" if name in alone else "",
-            f"{whole[name]['wall_s'] * 1e3:.0f} ({ratio_whole[name]:.3f}x)" if name in whole else "",
+            _time_cell(alone, ratio_alone, name, 1),
+            _time_cell(whole, ratio_whole, name, 0),
             f"{memory[name]:.4f}" if name in memory else "",
         ]
         print("| " + " | ".join(cells) + " |")
@@ -416,6 +421,13 @@ def report(results: dict) -> None:
         if name in ratio_alone:
             verdict = "PASS" if ratio_alone[name] <= target else "MISS"
             print(f"{verdict}  {name} step alone {ratio_alone[name]:.2f}x AdamW foreach (target <= {target}x)")
+
+
+def _time_cell(times: dict, ratios: dict, name: str, digits: int) -> str:
+    if name not in times:
+        return ""
+    cpu, wall = times[name]["cpu_s"] * 1e3, times[name]["wall_s"] * 1e3
+    return f"{cpu:.{digits}f}, {wall:.{digits}f} (**{ratios[name]:.2f}x**)"
 
 
 def main() -> None:
@@ -433,7 +445,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20, help="optimizer steps alone, per peer")
-    parser.add_argument("--steps", type=int, default=6, help="whole DPO steps, per peer (0: skip)")
+    parser.add_argument("--steps", type=int, default=8, help="whole DPO steps, per peer (0: skip)")
     parser.add_argument("--output", default="benchmarks/results/online_merging.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoints", help=argparse.SUPPRESS)

@@ -234,3 +234,78 @@ def test_tau_is_added_at_its_own_positions_every_step():
     kept = param != 0
     assert abs(int(kept.sum()) - numel * keep_prob) < binomial_bound(numel, keep_prob)
     torch.testing.assert_close(param[kept], 3 * tau[kept] / keep_prob)
+
+
+@pytest.mark.parametrize(
+    ("method", "rescale"), [("ondare", "authors"), ("ondare", "l1"), ("onties", "authors"), ("onties", "inverse_p")]
+)
+def test_numpy_and_torch_paths_step_alike(monkeypatch, method, rescale):
+    """CPU float tensors take the numpy path, CUDA and half precision the torch one: same arithmetic, same steps."""
+    import sfmed_lf.merging.optimizer as optimizer_module
+    from sfmed_lf.merging.arrays import NumpyOps, TorchOps
+    from tests.online_merging_helpers import make_params, random_taus, run_optimizer
+
+    config = OnlineMergingConfig(method, keep_prob=0.3, alpha=0.2, rescale=rescale)
+    weights = {}
+    for ops in (NumpyOps, TorchOps):
+        monkeypatch.setattr(optimizer_module, "ops_for", lambda tensor, ops=ops: ops)
+        named = make_params()
+        big = ("big.weight", torch.randn(300, 300, generator=torch.Generator().manual_seed(4)))  # sampled top-k path
+        named = [*named, big]
+        run_optimizer(
+            one_group_optimizer(named, config, random_taus(named), weight_decay=0.1), [p for _, p in named], range(4)
+        )
+        weights[ops.name] = named
+    for (name, ours), (_, theirs) in zip(weights["numpy"], weights["torch"], strict=True):
+        assert torch.equal(ours, theirs), name
+
+
+@pytest.mark.parametrize("keep_prob", [0.01, 0.2])
+def test_cuda_mask_generator_draws_a_bernoulli_process(keep_prob):
+    """The torch generator path (what CUDA runs), exercised on the CPU."""
+    from sfmed_lf.merging.masks import _chunk_positions_torch
+
+    length = 200_000
+    for key in range(3):
+        positions = _chunk_positions_torch(length, keep_prob, key, torch.device("cpu"))
+        assert abs(positions.numel() - length * keep_prob) < binomial_bound(length, keep_prob)
+        assert bool((positions.diff() > 0).all()) and int(positions[0]) >= 0 and int(positions[-1]) < length
+        gaps = torch.diff(positions, prepend=torch.tensor([-1]))
+        assert abs(float(gaps.double().mean()) - 1 / keep_prob) < 6 * math.sqrt(1 - keep_prob) / keep_prob / math.sqrt(
+            positions.numel()
+        )
+    assert not torch.equal(
+        _chunk_positions_torch(1000, 0.5, 1, torch.device("cpu")),
+        _chunk_positions_torch(1000, 0.5, 2, torch.device("cpu")),
+    )
+
+
+@pytest.mark.parametrize("keep_prob", [0.001, 0.01, 0.05, 0.3])
+def test_the_sampled_bound_gathers_few_candidates(keep_prob):
+    """Exactness does not depend on the bound (a miss falls back to all entries), speed does: the bound keeps
+    k plus a few standard errors of entries, or 10 % where numpy's nonzero is fastest, and misses rarely."""
+    from sfmed_lf.merging.arrays import NumpyOps, TorchOps
+    from sfmed_lf.merging.sparsify import SAMPLE_SIZE, _lower_bound_of_kth_largest
+
+    n = 1_000_000
+    values = (torch.randn(1000, 1000, generator=torch.Generator().manual_seed(9)) * torch.logspace(-2, 2, 1000)).abs()
+    values = values.reshape(-1)
+    k = keep_count(n, keep_prob)
+    margin = 5.0 * math.sqrt(keep_prob * (1 - keep_prob) / (n // (n // SAMPLE_SIZE)))
+    for ops in (TorchOps, NumpyOps):
+        bound = _lower_bound_of_kth_largest(ops.view(values), k, ops)
+        fraction = float((values >= bound).double().mean())
+        assert keep_prob < fraction, (ops.name, fraction)
+        expected = 0.1 if ops is NumpyOps and 0.045 <= keep_prob + margin < 0.1 else keep_prob + margin
+        assert fraction < expected + 2 * margin, (ops.name, fraction, expected)
+
+
+def test_dtensors_sharded_along_another_dimension_are_refused():
+    from types import SimpleNamespace
+
+    from torch.distributed.tensor import Replicate, Shard
+
+    from sfmed_lf.merging.layout import dtensor_segments
+
+    with pytest.raises(NotImplementedError, match=r"only sharding along dim 0"):
+        dtensor_segments("w", SimpleNamespace(placements=(Replicate(), Shard(1))))

@@ -99,18 +99,15 @@ def bernoulli_positions(
         chunk_start = chunk * MASK_CHUNK
         chunk_length = min(MASK_CHUNK, param_numel - chunk_start)
         key = chunk_seed(seed, stream, name, chunk)
-        lo, hi = offset - chunk_start, end - chunk_start
         # The chunk is drawn whole, so that its positions are the same whatever slice of it is asked for.
         if device.type == "cpu":
-            positions = _chunk_positions_cpu(chunk_length, keep_prob, key)
-            if lo > 0 or hi < chunk_length:
-                positions = positions[slice(*np.searchsorted(positions, [lo, hi]))]
-            positions = torch.from_numpy(positions)
+            positions = torch.from_numpy(_chunk_positions_cpu(chunk_length, keep_prob, key))
         else:
             positions = _chunk_positions_torch(chunk_length, keep_prob, key, device)
-            if lo > 0 or hi < chunk_length:
-                bounds = torch.searchsorted(positions, torch.tensor([lo, hi], device=device)).tolist()
-                positions = positions[slice(*bounds)]
+        lo, hi = offset - chunk_start, end - chunk_start
+        if lo > 0 or hi < chunk_length:
+            bounds = torch.searchsorted(positions, torch.tensor([lo, hi], device=device)).tolist()
+            positions = positions[bounds[0] : bounds[1]]
         parts.append(positions.sub_(lo) if lo else positions)
     if not parts:
         return torch.empty(0, dtype=torch.int64, device=device)
