@@ -3,6 +3,7 @@
     python scripts/mutation_test_merging.py                  # all mutants, 2 workers
     python scripts/mutation_test_merging.py --workers 1 --limit 50 --files masks.py sparsify.py
     python scripts/mutation_test_merging.py --list           # print the mutants only
+    python scripts/mutation_test_merging.py --sample 200     # a random sample: the kill rate as an estimate
 
 Each mutant changes one thing in one module: an arithmetic, comparison, boolean or in-place operator swapped, a
 numeric constant moved (0 <-> 1, n -> n + 1, x -> 2x), True <-> False, ``not`` dropped, or one statement (a call,
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -246,13 +249,18 @@ def main() -> None:
     parser.add_argument("--files", nargs="*", help="module file names under sfmed_lf/merging (default: all)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, help="run only the first N mutants (a smoke run)")
+    parser.add_argument("--sample", type=int, help="a random sample of N mutants (the kill rate is then an estimate)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant before it counts as killed")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--fast-only", action="store_true", help="skip the second round (FSDP torchrun tests)")
     parser.add_argument("--output", default="benchmarks/results/mutation_merging.json")
     args = parser.parse_args()
     files = sorted(PACKAGE.glob("*.py")) if not args.files else [PACKAGE / name for name in args.files]
-    mutants = enumerate_mutants(files)[: args.limit]
+    mutants = enumerate_mutants(files)
+    if args.sample and args.sample < len(mutants):  # a uniform random sample, reproducible
+        mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.file, m.index))
+    mutants = mutants[: args.limit]
     if args.list:
         for mutant in mutants:
             print(f"{mutant.file}:{mutant.line} {mutant.kind}: {mutant.description}")
@@ -260,10 +268,17 @@ def main() -> None:
         return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import numpy  # noqa: F401 - imported before forking, so that each mutant's process starts warm
-    import pytest  # noqa: F401
+    import pytest
     import torch
 
     torch.set_num_threads(1)
+    # Warm up once, rather than in every forked mutant: pytest's plugins (hypothesis alone takes seconds to import),
+    # the tests' imports, and torch's lazily initialized CPU kernels.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *TESTS, *SLOW_TESTS])
+    warm = [torch.randn(64, requires_grad=True)]
+    warm[0].grad = torch.randn(64)
+    torch.optim.AdamW(warm, foreach=True).step()
     started = time.monotonic()
     results = _run_round(mutants, TESTS, args)
     survivors = [Mutant(**{key: r[key] for key in Mutant.__dataclass_fields__}) for r in results if _survived(r)]
@@ -276,6 +291,8 @@ def main() -> None:
                 result.update(status=f"{second[key]['status']} (slow tests)", seconds=second[key]["seconds"])
     killed = sum(not _survived(result) for result in results)
     summary = {
+        "enumerated": len(enumerate_mutants(files)),
+        "sample_seed": args.seed if args.sample else None,
         "mutants": len(results),
         "killed": killed,
         "survived": len(results) - killed,
