@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from sfmed_lf.cli import main as sfmed_main
 from sfmed_lf.preference.judge import decide, parse_verdict
 from sfmed_lf.preference.pairs import PAIRS_DATASET, load_pairs, register_pairs
 from sfmed_lf.preference.rule_judge import rule_judge_server, rules, verdict
@@ -328,8 +329,8 @@ def test_reward_ensemble_flips_and_drops_an_existing_ranking_dataset(tiny, tmp_p
         num_reward_models=1,
         cutoff_len=128,
     )
-    for step in ("train-rms", "score", "select"):
-        run(["sfmed", "pref", step, str(config)])
+    for step in ("train-rms", "score", "select"):  # in process: one interpreter start for the three steps
+        assert sfmed_main(["pref", step, str(config)]) == 0
     source = lines(MEDICALGPT)
     report = read_json(out / "selection_report.json")
     assert report["pairs"] == len(source) == 60 and report["actions"] == {"keep": 48, "flip": 6, "drop": 6}

@@ -357,3 +357,33 @@ def test_conversion_counts_every_row(lines):
         assert report["rows_read"] == len(lines)
         assert report["written"] + report["skipped_invalid"] + sum(report["excluded_by_dataset"].values()) == len(lines)
         assert len(output.read_text(encoding="utf-8").splitlines()) == report["written"]
+
+
+ITEM_ROW = st.fixed_dictionaries(
+    {
+        "id": st.one_of(NONEMPTY, VALUE),
+        "dataset": st.one_of(NONEMPTY, VALUE),
+        "kind": st.sampled_from(["dialogue", "mcq", "essay"]),
+        "question": st.one_of(NONEMPTY, VALUE),
+    },
+    optional={
+        "reference": st.one_of(NONEMPTY, VALUE),
+        "history": st.one_of(st.lists(st.lists(NONEMPTY, min_size=2, max_size=2), max_size=2), VALUE),
+        "options": st.one_of(st.dictionaries(st.sampled_from("ABCDa"), st.one_of(NONEMPTY, VALUE), max_size=4), VALUE),
+        "answer": st.one_of(st.sampled_from(["A", "BC", "E"]), VALUE),
+        "multi_answer": st.one_of(st.booleans(), VALUE),
+    },
+)
+
+
+@PROPERTY
+@given(row=ITEM_ROW)
+def test_evaluation_items_read_back_or_fail_with_a_location(row):
+    from sfmed_lf.formats.items import item_from_row
+
+    try:
+        item = item_from_row(HERE, row)
+    except DataError as error:
+        assert_located(error)
+        return
+    assert item_from_row(HERE, json.loads(json.dumps(item.row()))) == item

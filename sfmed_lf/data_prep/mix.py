@@ -49,19 +49,29 @@ def count_tokens(config: MixConfig, name: str, group: str, tokenizer: Any) -> di
     from datasets import load_dataset
 
     kind, files, column = dataset_files(config.dataset_dir, name, group)
-    dataset = load_dataset(kind, data_files=files, split="train")
+    try:
+        dataset = load_dataset(kind, data_files=files, split="train")
+    except Exception as error:  # Arrow's schema errors (a column of mixed types) carry no row: check the file
+        raise DataError(
+            f"{group}: {name}: {files[0]} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); "
+            f"`sfmed data check {name}` locates the rows."
+        ) from None
     if column not in dataset.column_names:
         raise DataError(f"{name}: no column {column!r} in {files[0]} (columns: {dataset.column_names}).")
     eos = tokenizer.eos_token or ""
 
-    def measure(batch: dict[str, list]) -> dict[str, list]:
-        texts = [str(text or "") for text in batch[column]]
+    def measure(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        texts = batch[column]
+        for index, text in zip(indices, texts, strict=True):
+            if not isinstance(text, str) or not text.strip():  # never coerced: a number is not text
+                raise DataError(f"{group}: {name}: record {index + 1} of {files}: field {column!r} is not text.")
         tokens = tokenizer([text + eos for text in texts], add_special_tokens=False)["input_ids"]
         return {"tokens": [len(ids) for ids in tokens], "characters": [len(text) for text in texts]}
 
     counted = dataset.map(
         measure,
         batched=True,
+        with_indices=True,
         batch_size=config.batch_size,
         num_proc=config.num_proc if config.num_proc > 1 else None,
         remove_columns=dataset.column_names,
