@@ -15,7 +15,7 @@ export PATH="$venv/bin:$PATH"
 cd "$root"
 
 sfmed doctor
-sfmed data check sfmed_sft_single && sfmed data check sfmed_sft_multiturn  # every row as LF will read it
+sfmed data check sfmed_sample_sft_single && sfmed data check sfmed_sample_sft_multiturn  # every row as LF will read it
 sfmed data dedup examples/yaml/tiny/dedup.yaml  # near-duplicates of the bundled SFT data, report only
 sfmed tiny-model examples/yaml/tiny/tiny_model.yaml
 sfmed data mix examples/yaml/tiny/mix.yaml  # medical : general = 1.3 : 1.4 by tokens -> pt_mix.yaml
@@ -56,7 +56,7 @@ done
 kill "${servers[-1]}"
 sfmed data attach-system examples/yaml/tiny/attach_system.yaml
 llamafactory-cli train examples/yaml/tiny/sft.yaml dataset_dir=saves/tiny/data/diversified \
-  dataset=sfmed_sft_single_diversified,sfmed_sft_multiturn_diversified
+  dataset=sfmed_sample_sft_single_diversified,sfmed_sample_sft_multiturn_diversified
 
 # Preference data at K = 3: the SFT model answers 4 times per prompt (served by `llamafactory-cli api`), three
 # rule-based judges vote (a random tiny model cannot judge; `sfmed pref rule-judge`), three reward models score.

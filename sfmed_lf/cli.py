@@ -57,6 +57,38 @@ def _add_yaml_step(parser: argparse.ArgumentParser, config_class: type, help_tex
     parser.epilog = f"options ({config_class.__module__}.{config_class.__name__}):\n{options_help(config_class)}"
 
 
+def _add_recipe_commands(commands: Any) -> None:
+    recipe = commands.add_parser("recipe", help="every stage of a recipe from one file: plan, run (resumable), status")
+    recipe_steps = recipe.add_subparsers(dest="step", required=True)
+    for step, help_text in (
+        ("plan", "print every command in order (endpoints, launch settings) and check the recipe"),
+        ("run", "run the stages not yet done; a re-run skips finished stages and re-runs changed ones"),
+        ("status", "where a run stands: each stage done, changed, unfinished, running or not run"),
+    ):
+        step_parser = recipe_steps.add_parser(step, help=help_text)
+        step_parser.add_argument("recipe", help="recipe YAML (examples/yaml/sfmed_recipe.yaml)")
+        step_parser.add_argument("overrides", nargs="*", metavar="VAR=value", help="recipe vars, or launch.NAME=value")
+        if step == "run":
+            step_parser.add_argument("--force", action="append", default=[], metavar="STAGE", help="run even if done")
+            step_parser.add_argument("--quiet", action="store_true", help="stage output to the logs only")
+            step_parser.add_argument(
+                "--node-rank", type=int, default=0, help="r > 0: follow node 0's run, joining its training stages"
+            )
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from sfmed_lf.recipe.runner import Runner, plan, status
+    from sfmed_lf.recipe.spec import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.step == "plan":
+        return plan(recipe, sys.stdout)
+    if args.step == "status":
+        return status(recipe, sys.stdout)
+    runner = Runner(recipe, sys.stdout, echo=not args.quiet)
+    return runner.follow(args.node_rank) if args.node_rank else runner.run(tuple(args.force))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfmed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="build the embedded tiny Qwen2 model and tokenizer (offline)")
     tiny.add_argument("config", nargs="?", help="YAML with output_dir and model sizes (all optional)")
     tiny.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
+    _add_recipe_commands(commands)
     for command, (_, stage_help) in STAGES.items():
         stage_parser = commands.add_parser(command, help=stage_help)
         steps = stage_parser.add_subparsers(dest="step", required=True)
@@ -118,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         return run_doctor()
     if args.command == "tiny-model":
         return _tiny_model(args)
+    if args.command == "recipe":
+        return _recipe(args)
     stage = load_stage(args.command)
     if args.step == "all":
         config = load_config(stage.step(stage.sequence[0]).config, args.config, args.overrides)

@@ -15,6 +15,7 @@ from llamafactory.hparams.data_args import DataArguments
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
+from sfmed_lf.produced_datasets import check_datasets_produced
 
 
 @dataclass
@@ -96,6 +97,21 @@ class PrivacyGuardArguments:
 
 
 @dataclass
+class TrainingDetailArguments:
+    """SF-Med's training details that LLaMA-Factory has no option for (SF-Med §4.1)."""
+
+    sfmed_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dropout rate set in the model config's dropout fields before the model is built (SF-Med §4.1 "
+            "trains with 0.1). Qwen2/Qwen2-MoE/Qwen3/Qwen3-MoE: attention_dropout, the only dropout they honour; "
+            "other architectures are refused. The saved checkpoint keeps its own values. Default: the "
+            "checkpoint's values."
+        },
+    )
+
+
+@dataclass
 class PreferenceSelectionArguments:
     """Preference-strength flip/drop applied while LLaMA-Factory loads a ranking dataset (sfmed_lf/preference)."""
 
@@ -119,7 +135,8 @@ class PreferenceSelectionArguments:
 
 @dataclass
 class SFMedDataArguments(DataArguments, PreferenceSelectionArguments):
-    """LLaMA-Factory's DataArguments plus the preference-selection options."""
+    """LLaMA-Factory's DataArguments plus the preference-selection options; every dataset named must have been
+    produced (:mod:`sfmed_lf.produced_datasets`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,20 +145,37 @@ class SFMedDataArguments(DataArguments, PreferenceSelectionArguments):
                 raise ValueError(f"{name} must lie in [0, 1).")
         if self.sfmed_pref_audit and self.streaming:
             raise ValueError("sfmed_pref_audit ranks every pair first; it cannot be used with streaming: true.")
+        check_datasets_produced(self)
 
 
 _CONFLICTING_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+_STAGES_WITHOUT_DROPOUT = ("dpo", "kto")
 
 
 @dataclass
-class SFMedFinetuningArguments(FinetuningArguments, OnlineMergingArguments, PrivacyGuardArguments):
+class SFMedFinetuningArguments(
+    FinetuningArguments, OnlineMergingArguments, PrivacyGuardArguments, TrainingDetailArguments
+):
     """LLaMA-Factory's FinetuningArguments plus the SF-Med options."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_online_merging()
+        self._validate_dropout()
         if not -1 <= self.sfmed_privacy_threshold <= 1:
             raise ValueError("sfmed_privacy_threshold is a cosine similarity: it must lie in [-1, 1].")
+
+    def _validate_dropout(self) -> None:
+        if self.sfmed_dropout is None:
+            return
+        if not 0 <= self.sfmed_dropout < 1:
+            raise ValueError(f"sfmed_dropout must lie in [0, 1), got {self.sfmed_dropout}.")
+        if self.stage in _STAGES_WITHOUT_DROPOUT:
+            raise ValueError(
+                f"sfmed_dropout with `stage: {self.stage}`: LLaMA-Factory's {self.stage.upper()} trainer trains "
+                "without dropout (disable_dropout, TRL's convention: the policy's and the reference model's "
+                "log-probabilities must be computed alike). Remove sfmed_dropout from this run."
+            )
 
     def _validate_online_merging(self) -> None:
         def fail(problem: str) -> None:

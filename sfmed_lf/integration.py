@@ -101,6 +101,12 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
         "_save wrapped: reward models with tied embeddings save (shared tensors found by storage, not id)",
     ),
     LFSymbol(
+        "llamafactory.model.loader",
+        "load_model",
+        "wrapped (llamafactory.model imports it after loader runs): sfmed_dropout for a model built for training",
+    ),
+    LFSymbol("llamafactory.model.loader", "patch_config", "wrapped in loader's namespace: sets sfmed_dropout"),
+    LFSymbol(
         "llamafactory.train.dpo.trainer",
         "CustomDPOTrainer",
         "subclassed and replaced (workflow imports it at call time): online-merging optimizer",
@@ -230,8 +236,19 @@ def _patch_reward_trainer(module: ModuleType) -> str:
     return "PairwiseTrainer._save wrapped: tied embeddings"
 
 
+def _patch_model_loader(module: ModuleType) -> str:
+    from llamafactory.extras.logging import get_logger
+
+    from sfmed_lf.train.dropout import wrap_load_model, wrap_patch_config
+
+    module.patch_config = wrap_patch_config(module.patch_config)
+    module.load_model = wrap_load_model(module.load_model, get_logger("sfmed_lf").info_rank0)
+    return "load_model and patch_config wrapped: sfmed_dropout"
+
+
 MODULE_PATCHES: dict[str, Callable[[ModuleType], str]] = {
     "llamafactory.train.rm.trainer": _patch_reward_trainer,
+    "llamafactory.model.loader": _patch_model_loader,
     "llamafactory.data.loader": _patch_data_loader,
     "llamafactory.extras.constants": _patch_model_entries,
     "llamafactory.webui.common": _patch_board_common,

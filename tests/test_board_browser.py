@@ -120,7 +120,7 @@ def project_copy(root: Path, pipeline: dict[str, Path]) -> Path:
     for stage in ("pt", "sft"):
         shutil.copytree(pipeline[stage], root / "saves" / "tiny" / stage)
     (root / "broken").mkdir()
-    (root / "broken" / "dataset_info.json").write_text('{"sfmed_dpo_pairs": {"file_name": ')
+    (root / "broken" / "dataset_info.json").write_text('{"sfmed_sample_dpo_pairs": {"file_name": ')
     return root
 
 
@@ -248,18 +248,18 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         template.send_keys(Keys.ESCAPE)
         # --- SFT datasets: those whose files are missing (data/converted/* before conversion) are left out, and said
         assert labelled(browser, "Data dir", "textarea").get_attribute("value") == "."
-        sft_datasets = dataset_options(browser, lambda names: "sfmed_sft_single" in names)
-        assert {"sfmed_sft_multiturn", "sfmed_pt_medical", "sfmed_hub_alpaca_zh"} <= set(sft_datasets)
+        sft_datasets = dataset_options(browser, lambda names: "sfmed_sample_sft_single" in names)
+        assert {"sfmed_sample_sft_multiturn", "sfmed_sample_pt_medical", "sfmed_hub_alpaca_zh"} <= set(sft_datasets)
         assert not [name for name in sft_datasets if name.startswith(("sfmed_sft_cmexam", "sfmed_pt_cmtmedqa"))]
         assert shows(browser, "dataset(s) not listed: their files are missing (e.g. data/converted/")
         merging_header = "//button[.//span[normalize-space()='Online merging (SF-Med)']]"
         assert not [e for e in browser.find_elements(By.XPATH, merging_header) if e.is_displayed()], "a DPO option"
         dropdown(browser, "Finetuning method", "full")
         dropdown(browser, "Stage", "DPO")
-        dataset_options(browser, lambda names: names == ["sfmed_dpo_pairs"])  # the ranking datasets only
+        dataset_options(browser, lambda names: names == ["sfmed_sample_dpo_pairs"])  # the ranking datasets only
         dataset = labelled(browser, "Dataset", "input")
         dataset.click()
-        dataset.send_keys("sfmed_dpo_pairs", Keys.ENTER, Keys.ESCAPE)
+        dataset.send_keys("sfmed_sample_dpo_pairs", Keys.ENTER, Keys.ESCAPE)
         set_text(browser, "Max samples", "24")  # 6 steps of 4 pairs
         set_text(browser, "Epochs", "1")
         set_number(browser, "Cutoff length", 256)
@@ -292,7 +292,7 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         set_text(browser, "Flip fraction", "0.6")
         set_text(browser, "Drop fraction", "0.6")
         preview_shows(browser, "Preference audit: flip and drop selections overlap")
-        set_text(browser, "Audit file", "")  # the test's audit has no rows of sfmed_dpo_pairs
+        set_text(browser, "Audit file", "")  # the test's audit has no rows of sfmed_sample_dpo_pairs
 
         # --- Preview command shows the flags the accordion set
         click(browser, "Preview command")
@@ -368,8 +368,8 @@ def test_the_board_speaks_sfmed(pipeline, tmp_path, browser):
         # --- checks before a run: bf16 on a host without it is refused with the fix
         if runnable != "bf16":
             # LF's stage change clears the dataset the configuration restored; choose it again
-            dataset_options(browser, lambda names: names == ["sfmed_dpo_pairs"])
-            labelled(browser, "Dataset", "input").send_keys("sfmed_dpo_pairs", Keys.ENTER, Keys.ESCAPE)
+            dataset_options(browser, lambda names: names == ["sfmed_sample_dpo_pairs"])
+            labelled(browser, "Dataset", "input").send_keys("sfmed_sample_dpo_pairs", Keys.ENTER, Keys.ESCAPE)
             dropdown(browser, "Compute type", "bf16")
             preview_shows(
                 browser, f"Compute type bf16 needs a GPU with bf16 support, which this host lacks: choose {runnable}"

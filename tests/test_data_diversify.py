@@ -170,30 +170,30 @@ def test_attach_system_prompts_by_turns_and_load_in_llamafactory(tmp_path):
     seed_files = {pool: REPO_ROOT / "data" / f"sfmed_seed_instructions_{pool}.jsonl" for pool in ("single", "multi")}
     pools = {pool: [row["instruction"] for row in lines(path)] for pool, path in seed_files.items()}
     config = {
-        "datasets": ["sfmed_sft_single", "sfmed_sft_multiturn"],
+        "datasets": ["sfmed_sample_sft_single", "sfmed_sample_sft_multiturn"],
         "single_pool": str(seed_files["single"]),
         "multi_pool": str(seed_files["multi"]),
         "output_dir": str(tmp_path / "attached"),
     }
     (tmp_path / "attach.yaml").write_text(yaml.safe_dump(config))
     run(["sfmed", "data", "attach-system", str(tmp_path / "attach.yaml")])
-    first = (tmp_path / "attached" / "sfmed_sft_multiturn_diversified.jsonl").read_bytes()
+    first = (tmp_path / "attached" / "sfmed_sample_sft_multiturn_diversified.jsonl").read_bytes()
     run(["sfmed", "data", "attach-system", str(tmp_path / "attach.yaml")])
-    assert (tmp_path / "attached" / "sfmed_sft_multiturn_diversified.jsonl").read_bytes() == first
+    assert (tmp_path / "attached" / "sfmed_sample_sft_multiturn_diversified.jsonl").read_bytes() == first
 
-    single = lines(tmp_path / "attached" / "sfmed_sft_single_diversified.jsonl")
-    multi = lines(tmp_path / "attached" / "sfmed_sft_multiturn_diversified.jsonl")
+    single = lines(tmp_path / "attached" / "sfmed_sample_sft_single_diversified.jsonl")
+    multi = lines(tmp_path / "attached" / "sfmed_sample_sft_multiturn_diversified.jsonl")
     assert all(row["system"] in pools["single"] for row in single)
     for row in multi:
         turns = sum(1 for message in row["conversations"] if message["from"] == "human")
         assert row["system"] in pools["multi" if turns > 1 else "single"]
     report = read_json(tmp_path / "attached" / "attach_report.json")
-    assert report["datasets"]["sfmed_sft_single"] == {"single": len(single), "multi": 0, "kept_existing": 0}
+    assert report["datasets"]["sfmed_sample_sft_single"] == {"single": len(single), "multi": 0, "kept_existing": 0}
     assert len({row["system"] for row in single}) > 5, "instructions vary across rows"
 
     model = build_tiny_model(tmp_path / "model")
     info = json.loads((tmp_path / "attached" / "dataset_info.json").read_text())
-    for name, rows in (("sfmed_sft_single_diversified", single), ("sfmed_sft_multiturn_diversified", multi)):
+    for name, rows in (("sfmed_sample_sft_single_diversified", single), ("sfmed_sample_sft_multiturn_diversified", multi)):
         info_abs = {name: {**info[name], "file_name": str(tmp_path / "attached" / info[name]["file_name"])}}
         dataset, tokenizer = lf_load_dataset(model, info_abs, name, "sft", tmp_path)
         assert len(dataset) == len(rows)
@@ -206,7 +206,7 @@ def test_attach_reads_dedup_output_and_keeps_existing_prompts(tmp_path):
     run(["sfmed", "data", "dedup", "examples/yaml/tiny/dedup.yaml", f"output_dir={tmp_path / 'dedup'}"])
     kept = json.loads((tmp_path / "dedup" / "sfmed_sft_multiturn.json").read_text(encoding="utf-8"))
     config = {
-        "datasets": ["sfmed_sft_multiturn"],
+        "datasets": ["sfmed_sample_sft_multiturn"],
         "dataset_dir": str(tmp_path / "dedup"),
         "single_pool": str(SEEDS),
         "multi_pool": str(REPO_ROOT / "data" / "sfmed_seed_instructions_multi.jsonl"),
@@ -215,10 +215,10 @@ def test_attach_reads_dedup_output_and_keeps_existing_prompts(tmp_path):
     }
     (tmp_path / "attach.yaml").write_text(yaml.safe_dump(config))
     run(["sfmed", "data", "attach-system", str(tmp_path / "attach.yaml")])
-    rows = lines(tmp_path / "attached" / "sfmed_sft_multiturn_diversified.jsonl")
+    rows = lines(tmp_path / "attached" / "sfmed_sample_sft_multiturn_diversified.jsonl")
     assert [row["conversations"] for row in rows] == [row["conversations"] for row in kept]
     with_system = sum(1 for row in kept if row.get("system"))
-    report = read_json(tmp_path / "attached" / "attach_report.json")["datasets"]["sfmed_sft_multiturn"]
+    report = read_json(tmp_path / "attached" / "attach_report.json")["datasets"]["sfmed_sample_sft_multiturn"]
     assert with_system > 0 and report["kept_existing"] == with_system
     for original, written in zip(kept, rows, strict=True):
         if original.get("system"):

@@ -267,7 +267,7 @@ def test_merging_options_with_method_none_are_refused():
         "stage": "dpo",
         "do_train": True,
         "finetuning_type": "full",
-        "dataset": "sfmed_dpo_pairs",
+        "dataset": "sfmed_sample_dpo_pairs",
         "template": "sfmed",
         "output_dir": "unused",
         "report_to": "none",

@@ -160,7 +160,7 @@ def test_sampling_from_llamafactory_api_and_in_process(tiny, tmp_path):
         config = write_config(
             tmp_path / "api.yaml",
             output_dir=str(tmp_path / "api"),
-            datasets=["sfmed_sft_single"],
+            datasets=["sfmed_sample_sft_single"],
             max_prompts=3,
             policy_url=base_url,
             num_responses=4,
@@ -168,7 +168,7 @@ def test_sampling_from_llamafactory_api_and_in_process(tiny, tmp_path):
         )
         run(["sfmed", "pref", "sample", str(config)])
     rows = lines(tmp_path / "api" / "responses.jsonl")
-    assert [r["id"] for r in rows] == ["sfmed_sft_single:1", "sfmed_sft_single:2", "sfmed_sft_single:3"] and all(
+    assert [r["id"] for r in rows] == ["sfmed_sample_sft_single:1", "sfmed_sample_sft_single:2", "sfmed_sample_sft_single:3"] and all(
         len(r["responses"]) == 4 for r in rows
     )
     assert rows[0]["question"].startswith("医生您好")
@@ -176,7 +176,7 @@ def test_sampling_from_llamafactory_api_and_in_process(tiny, tmp_path):
     config = write_config(
         tmp_path / "local.yaml",
         output_dir=str(tmp_path / "local"),
-        datasets=["sfmed_sft_single"],
+        datasets=["sfmed_sample_sft_single"],
         max_prompts=2,
         model_name_or_path=str(tiny),
         num_responses=2,

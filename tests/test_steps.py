@@ -107,7 +107,7 @@ def test_old_keys_are_refused_naming_the_new_one(command, step, old, new, capsys
     [
         ("threshold=high", "threshold: 'high' is not a number"),
         ("num_proc=2.5", "num_proc: 2.5 is not an integer"),
-        ("datasets=sfmed_sft_single", "datasets: 'sfmed_sft_single' is not a list"),
+        ("datasets=sfmed_sample_sft_single", "datasets: 'sfmed_sample_sft_single' is not a list"),
         ("cross_dataset=maybe", "cross_dataset: 'maybe' is not true or false"),
         ("engine=spark", "engine: 'spark' is not one of 'native', 'datatrove'"),
         ("threshold=0.5 threshold=0.6", "override threshold is given twice"),

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from sfmed_lf.data_prep.config import AttachConfig
 from sfmed_lf.data_prep.diversify import load_instructions
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.dataset_names import DIVERSIFIED_SUFFIX
 from sfmed_lf.formats.datasets import LocalDataset, local_dataset
 from sfmed_lf.formats.lf_rows import Conversation
 from sfmed_lf.utils.io import atomic_open, atomic_write_text
@@ -49,7 +50,7 @@ def attach_system_prompts(config: AttachConfig) -> list[Path]:
         entry = dataset.entry
         system_column = entry.columns.get("system", "system")
         counts = {"single": 0, "multi": 0, "kept_existing": 0}
-        target = out / f"{name}_diversified.jsonl"
+        target = out / f"{name}{DIVERSIFIED_SUFFIX}.jsonl"
         with atomic_open(target) as handle:
             records = tqdm(dataset.records(), desc=f"attach {name}", unit="row", mininterval=1.0)
             for location, row, conversation in records:
@@ -64,7 +65,7 @@ def attach_system_prompts(config: AttachConfig) -> list[Path]:
             if not sum(counts.values()):  # raised inside the block: nothing is written
                 raise DataError(f"datasets: {name} holds no rows.")
         columns = {**entry.columns, "system": system_column}
-        new_info[f"{name}_diversified"] = {**entry.raw, "file_name": target.name, "columns": columns}
+        new_info[f"{name}{DIVERSIFIED_SUFFIX}"] = {**entry.raw, "file_name": target.name, "columns": columns}
         report[name] = counts
         written.append(target)
     written += [out / "dataset_info.json", out / "attach_report.json"]

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from sfmed_lf.config_files import ConfigError
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.dataset_names import SELECTED_DATASET
 from sfmed_lf.preference.pairs import PAIRS_DATASET
 from sfmed_lf.serving.chat_client import EndpointOptions
 from sfmed_lf.steps import StepConfig, option
@@ -79,7 +80,7 @@ class PreferenceConfig(EndpointOptions, StepConfig):
     drop_above: float | None = option(
         None, help="Drop pairs whose mean strength is above this (replaces the fraction)."
     )
-    dataset_name: str = option("sfmed_dpo_selected", help="Name of the selected DPO dataset in dataset_info.json.")
+    dataset_name: str = option(SELECTED_DATASET, help="Name of the selected DPO dataset in dataset_info.json.")
     register_in: str | None = option(None, help="Also register the selected dataset in this dataset_info.json.")
 
     def __post_init__(self) -> None:

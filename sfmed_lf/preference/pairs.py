@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.dataset_names import PAIRS_DATASET
 from sfmed_lf.formats.datasets import local_dataset, register
 from sfmed_lf.formats.lf_rows import dataset_info_entry
 from sfmed_lf.formats.pairs import PreferencePair
@@ -27,9 +28,6 @@ def step_output(path: Path, producer: str) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"{path}: missing or empty; run `sfmed pref {producer}` first.")
     return rows
-
-
-PAIRS_DATASET = "sfmed_pref_pairs"
 
 
 def load_pairs(dataset_dir: str | os.PathLike[str], name: str = PAIRS_DATASET) -> list[PreferencePair]:
