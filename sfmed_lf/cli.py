@@ -4,51 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
 import sys
-import types
-import typing
 from typing import Any
 
 from sfmed_lf.config_files import ConfigError, build_config, load_config
 from sfmed_lf.errors import DataError, EndpointError
-from sfmed_lf.steps import STAGES, Stage, Step, options_help
-
-
-def load_stage(command: str) -> Stage:
-    module, _ = STAGES[command]
-    return importlib.import_module(module).STAGE
-
-
-def _scalar_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
-    """(argparse type, choices) of a field's annotation; ``X | None`` reads as X."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if typing.get_origin(annotation) is typing.Literal:
-        choices = typing.get_args(annotation)
-        return type(choices[0]), choices
-    return annotation, None
-
-
-def _add_argument_step(parser: argparse.ArgumentParser, step: Step[Any]) -> None:
-    hints = typing.get_type_hints(step.config)
-    for item in dataclasses.fields(step.config):
-        if not item.init or item.metadata.get("internal"):
-            continue
-        help_text = item.metadata.get("help", "")
-        kind, choices = _scalar_type(hints[item.name])
-        if item.name in step.arguments:
-            parser.add_argument(item.name, help=help_text, type=kind, choices=choices)
-        elif kind is bool:
-            action = argparse.BooleanOptionalAction if item.default else "store_true"
-            parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, action=action, help=help_text)
-        else:
-            default = None if item.default is dataclasses.MISSING else item.default
-            shown = f"{help_text} (default: {default!r})" if default is not None else help_text
-            parser.add_argument(
-                f"--{item.name.replace('_', '-')}", dest=item.name, type=kind, choices=choices, help=shown
-            )
+from sfmed_lf.steps import STAGES, Step, add_argument_step, argument_values, load_stage, options_help
 
 
 def _add_yaml_step(parser: argparse.ArgumentParser, config_class: type, help_text: str) -> None:
@@ -108,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             if step.yaml:
                 _add_yaml_step(step_parser, step.config, f"the {step.name} step")
             else:
-                _add_argument_step(step_parser, step)
+                add_argument_step(step_parser, step)
         if stage.sequence:
             all_parser = steps.add_parser(
                 "all",
@@ -122,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(step: Step[Any], args: argparse.Namespace) -> Any:
     if step.yaml:
         return load_config(step.config, args.config, args.overrides)
-    names = [item.name for item in dataclasses.fields(step.config) if item.init and not item.metadata.get("internal")]
-    values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return build_config(step.config, values, "command line")
+    return build_config(step.config, argument_values(step, args), "command line")
 
 
 def _run_step(prefix: str, step: Step[Any], config: Any) -> None:

@@ -22,14 +22,17 @@ message naming the new one.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib
+import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sfmed_lf.config_files import field_type_name
+from sfmed_lf.config_files import ConfigError, build_config, field_type_name
 
 STAGES: dict[str, tuple[str, str]] = {
     # subcommand: (module defining STAGE, one-line help)
@@ -57,6 +60,21 @@ class StepConfig:
 C = TypeVar("C", bound=StepConfig)
 
 
+@dataclass
+class Declared:
+    """What a step writes, and what it reads besides the paths in its options, as its config tells before it runs.
+    ``sfmed recipe`` checks a recipe with it (each dataset a stage reads is written by an earlier one), verifies a
+    stage's outputs before recording it finished, and starts a stage over from it when its inputs changed."""
+
+    outputs: list[str] = field(default_factory=list)  # files and directories it writes
+    datasets: list[tuple[str, str, str]] = field(default_factory=list)  # (dataset_dir, name, file) it registers
+    train_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # LF train YAMLs it writes (known part)
+    reads: list[str] = field(default_factory=list)  # files it reads that no option names (an earlier step's)
+    datasets_read: list[tuple[str, str]] = field(default_factory=list)  # (dataset_dir, name) it reads
+    resumable: list[str] = field(default_factory=list)  # its resumable state (globs): not resumed with other inputs
+    options: tuple[str, ...] | None = None  # the options that decide what it writes (None: every option)
+
+
 class Step(Generic[C]):
     name: ClassVar[str]
     help: ClassVar[str]
@@ -66,6 +84,16 @@ class Step(Generic[C]):
 
     def run(self, config: C) -> list[Path]:
         raise NotImplementedError
+
+    def declared(self, config: C) -> Declared:
+        """Default: it writes ``output_dir`` and reads ``datasets`` of ``dataset_dir`` (the one YAML vocabulary)."""
+        output_dir = getattr(config, "output_dir", None)
+        dataset_dir = str(getattr(config, "dataset_dir", "."))
+        names = getattr(config, "datasets", None) or []
+        return Declared(
+            outputs=[str(output_dir)] if output_dir else [],
+            datasets_read=[(dataset_dir, str(name)) for name in ([names] if isinstance(names, str) else names)],
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,58 @@ class Stage:
 
     def step(self, name: str) -> Step[Any]:
         return next(step for step in self.steps if step.name == name)
+
+
+def load_stage(command: str) -> Stage:
+    module, _ = STAGES[command]
+    return importlib.import_module(module).STAGE
+
+
+def scalar_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
+    """(argparse type, choices) of a field's annotation; ``X | None`` reads as X."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = typing.get_args(annotation)
+        return type(choices[0]), choices
+    return annotation, None
+
+
+def add_argument_step(parser: argparse.ArgumentParser, step: Step[Any]) -> None:
+    """The positionals (``step.arguments``) and ``--flags`` of an argument step."""
+    hints = typing.get_type_hints(step.config)
+    for item in dataclasses.fields(step.config):
+        if not item.init or item.metadata.get("internal"):
+            continue
+        help_text = item.metadata.get("help", "")
+        kind, choices = scalar_type(hints[item.name])
+        if item.name in step.arguments:
+            parser.add_argument(item.name, help=help_text, type=kind, choices=choices)
+        elif kind is bool:
+            action = argparse.BooleanOptionalAction if item.default else "store_true"
+            parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, action=action, help=help_text)
+        else:
+            default = None if item.default is dataclasses.MISSING else item.default
+            shown = f"{help_text} (default: {default!r})" if default is not None else help_text
+            parser.add_argument(
+                f"--{item.name.replace('_', '-')}", dest=item.name, type=kind, choices=choices, help=shown
+            )
+
+
+def argument_values(step: Step[Any], args: argparse.Namespace) -> dict[str, Any]:
+    names = [item.name for item in dataclasses.fields(step.config) if item.init and not item.metadata.get("internal")]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def parse_argument_step(step: Step[Any], argv: list[str], prog: str) -> Any:
+    """The config of an argument step from its command line (``NAME INPUT OUTPUT --stage sft``)."""
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, exit_on_error=False)
+    add_argument_step(parser, step)
+    try:
+        args = parser.parse_args(argv)
+    except (argparse.ArgumentError, SystemExit) as error:
+        raise ConfigError(f"{prog}: {error or 'invalid arguments'}") from None
+    return build_config(step.config, argument_values(step, args), prog)
 
 
 def options_help(config_class: type) -> str:

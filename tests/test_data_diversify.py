@@ -193,7 +193,10 @@ def test_attach_system_prompts_by_turns_and_load_in_llamafactory(tmp_path):
 
     model = build_tiny_model(tmp_path / "model")
     info = json.loads((tmp_path / "attached" / "dataset_info.json").read_text())
-    for name, rows in (("sfmed_sample_sft_single_diversified", single), ("sfmed_sample_sft_multiturn_diversified", multi)):
+    for name, rows in (
+        ("sfmed_sample_sft_single_diversified", single),
+        ("sfmed_sample_sft_multiturn_diversified", multi),
+    ):
         info_abs = {name: {**info[name], "file_name": str(tmp_path / "attached" / info[name]["file_name"])}}
         dataset, tokenizer = lf_load_dataset(model, info_abs, name, "sft", tmp_path)
         assert len(dataset) == len(rows)

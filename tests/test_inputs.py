@@ -268,6 +268,7 @@ def test_merging_options_with_method_none_are_refused():
         "do_train": True,
         "finetuning_type": "full",
         "dataset": "sfmed_sample_dpo_pairs",
+        "dataset_dir": str(REPO_ROOT),
         "template": "sfmed",
         "output_dir": "unused",
         "report_to": "none",

@@ -168,9 +168,11 @@ def test_sampling_from_llamafactory_api_and_in_process(tiny, tmp_path):
         )
         run(["sfmed", "pref", "sample", str(config)])
     rows = lines(tmp_path / "api" / "responses.jsonl")
-    assert [r["id"] for r in rows] == ["sfmed_sample_sft_single:1", "sfmed_sample_sft_single:2", "sfmed_sample_sft_single:3"] and all(
-        len(r["responses"]) == 4 for r in rows
-    )
+    assert [r["id"] for r in rows] == [
+        "sfmed_sample_sft_single:1",
+        "sfmed_sample_sft_single:2",
+        "sfmed_sample_sft_single:3",
+    ] and all(len(r["responses"]) == 4 for r in rows)
     assert rows[0]["question"].startswith("医生您好")
 
     config = write_config(

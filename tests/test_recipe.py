@@ -74,7 +74,7 @@ def test_plan_of_the_7b_recipe_prints_the_8_gpu_commands_in_order(project):
         "sfmed pref score examples/yaml/sfmed_pref.yaml",
         "sfmed pref select examples/yaml/sfmed_pref.yaml",
         trainings[2],
-        "sfmed eval all examples/yaml/sfmed_eval.yaml model_a_endpoint=http://127.0.0.1:PORT/v1",
+        "sfmed eval all examples/yaml/sfmed_eval.yaml candidate_url=http://127.0.0.1:PORT/v1",
         "sfmed privacy audit examples/yaml/sfmed_privacy_audit.yaml",
         "sfmed privacy build-db examples/yaml/sfmed_privacy_db.yaml",
     ]
@@ -410,21 +410,16 @@ def test_stage_io_declares_what_each_7b_stage_writes(project):
 
 def test_each_preference_option_belongs_to_the_steps_it_changes():
     from sfmed_lf.preference.config import PreferenceConfig
-    from sfmed_lf.recipe.stage_io import PREF_CONNECTION_OPTIONS, PREF_STEP_OPTIONS
+    from sfmed_lf.preference.steps import CONNECTION_OPTIONS, STEP_OPTIONS
 
-    assigned = {key for keys in PREF_STEP_OPTIONS.values() for key in keys} | set(PREF_CONNECTION_OPTIONS)
-    assert assigned == {field.name for field in dataclasses.fields(PreferenceConfig)}
+    assigned = {key for keys in STEP_OPTIONS.values() for key in keys} | set(CONNECTION_OPTIONS)
+    assert assigned == {field.name for field in dataclasses.fields(PreferenceConfig) if field.init}
 
 
 def test_another_option_reruns_only_the_preference_steps_that_read_it(project):
     recipe = load_recipe(RECIPE_7B)
-    before = {name: stage_io(recipe.stage(name)).deciding for name in ("pref_sample", "pref_judge", "pref_select")}
-    changed = load_recipe(RECIPE_7B)
-    select = changed.stage("pref_select")
-    changed.stages[changed.stages.index(select)] = dataclasses.replace(select, overrides={"flip_fraction": 0.2})
-    sample = changed.stage("pref_sample")
-    changed.stages[changed.stages.index(sample)] = dataclasses.replace(
-        sample, overrides={**sample.overrides, "flip_fraction": 0.2}
-    )
-    assert stage_io(changed.stage("pref_sample")).deciding == before["pref_sample"]
-    assert stage_io(changed.stage("pref_select")).deciding != before["pref_select"]
+    before = {name: stage_io(recipe.stage(name)).options for name in ("pref_sample", "pref_judge", "pref_select")}
+    for name in before:
+        stage = recipe.stage(name)
+        changed = dataclasses.replace(stage, overrides={**stage.overrides, "flip_fraction": 0.2})
+        assert (stage_io(changed).options == before[name]) == (name != "pref_select"), name

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+import yaml
 
 from sfmed_lf.data_prep.config import (
     AttachConfig,
@@ -15,7 +18,8 @@ from sfmed_lf.data_prep.config import (
     RegistryConfig,
 )
 from sfmed_lf.errors import DataError
-from sfmed_lf.steps import Stage, Step
+from sfmed_lf.formats.dataset_names import DIVERSIFIED_SUFFIX
+from sfmed_lf.steps import Declared, Stage, Step
 
 
 class Convert(Step[ConvertConfig]):
@@ -34,6 +38,9 @@ class Convert(Step[ConvertConfig]):
             f"{sum(report['excluded_by_dataset'].values())} excluded by the dataset"
         )
         return [Path(config.output), report_path(config.output)]
+
+    def declared(self, config: ConvertConfig) -> Declared:
+        return Declared(outputs=[config.output, f"{config.output}.report.json"], reads=[config.input])
 
 
 class Check(Step[CheckConfig]):
@@ -97,6 +104,24 @@ class Dedup(Step[DedupConfig]):
             written.append(out / DATASET_INFO)
         return written
 
+    def declared(self, config: DedupConfig) -> Declared:
+        from sfmed_lf.formats.datasets import load_dataset_info
+
+        declared = super().declared(config)
+        out = config.output_dir
+        declared.outputs = [os.path.join(out, name) for name in ("dedup_report.json", "removed.jsonl")]
+        try:
+            info = load_dataset_info(config.dataset_dir)[1]
+        except DataError:
+            info = {}
+        for name in config.datasets:  # the kept rows, under the input file's name, registered under the same name
+            file_name = Path(str(info.get(name, {}).get("file_name", name))).name
+            declared.outputs.append(os.path.join(out, file_name))
+            declared.datasets.append((out, name, os.path.join(out, file_name)))
+        if config.datasets:
+            declared.outputs.append(os.path.join(out, "dataset_info.json"))
+        return declared
+
 
 class Mix(Step[MixConfig]):
     name, config = "mix", MixConfig
@@ -106,6 +131,29 @@ class Mix(Step[MixConfig]):
         from sfmed_lf.data_prep.mix import run_mix
 
         return run_mix(config)
+
+    def declared(self, config: MixConfig) -> Declared:
+        names = [*config.medical, *config.general]
+        out = config.output_dir
+        declared = Declared(
+            outputs=[os.path.join(out, "mix_report.json"), os.path.join(out, "mix_report.md")],
+            datasets_read=[(config.dataset_dir, name) for name in names],
+        )
+        if config.train_yaml:  # the train YAML with the mix's datasets (interleave_probs known once counted)
+            mix_yaml = os.path.join(out, "pt_mix.yaml")
+            declared.outputs.append(mix_yaml)
+            train = (
+                yaml.safe_load(Path(config.train_yaml).read_text(encoding="utf-8"))
+                if Path(config.train_yaml).is_file()
+                else {}
+            )
+            options = {
+                "dataset": ",".join(names),
+                "dataset_dir": config.dataset_dir,
+                "mix_strategy": config.mix_strategy,
+            }
+            declared.train_configs[mix_yaml] = {**(train or {}), **options}
+        return declared
 
 
 class Diversify(Step[DiversifyConfig]):
@@ -117,6 +165,13 @@ class Diversify(Step[DiversifyConfig]):
 
         return DiversifyStep(config).run()
 
+    def declared(self, config: DiversifyConfig) -> Declared:
+        out = config.output_dir
+        return Declared(
+            outputs=[os.path.join(out, name) for name in ("instructions.jsonl", "diversify_report.json")],
+            resumable=[out],  # the rounds replay only for the same generator, which a URL does not identify
+        )
+
 
 class AttachSystem(Step[AttachConfig]):
     name, config = "attach-system", AttachConfig
@@ -126,6 +181,17 @@ class AttachSystem(Step[AttachConfig]):
         from sfmed_lf.data_prep.attach import attach_system_prompts
 
         return attach_system_prompts(config)
+
+    def declared(self, config: AttachConfig) -> Declared:
+        declared = super().declared(config)
+        out = config.output_dir
+        declared.outputs = []
+        for name in config.datasets:
+            target = os.path.join(out, f"{name}{DIVERSIFIED_SUFFIX}.jsonl")
+            declared.outputs.append(target)
+            declared.datasets.append((out, f"{name}{DIVERSIFIED_SUFFIX}", target))
+        declared.outputs += [os.path.join(out, "dataset_info.json"), os.path.join(out, "attach_report.json")]
+        return declared
 
 
 STAGE = Stage(

@@ -3,12 +3,13 @@ five in order; judge only with a judge_url)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sfmed_lf.eval.config import EvalConfig
-from sfmed_lf.steps import Stage, Step, StepConfig, option
+from sfmed_lf.steps import Declared, Stage, Step, StepConfig, option
 
 
 @dataclass
@@ -29,6 +30,13 @@ class Convert(Step[ConvertItemsConfig]):
 
         return write_items(config.name, config.input, config.output, config.dataset, config.skip_invalid)
 
+    def declared(self, config: ConvertItemsConfig) -> Declared:
+        return Declared(outputs=[config.output, f"{config.output}.report.json"], reads=[config.input])
+
+
+def _declared(config: EvalConfig, *names: str) -> Declared:
+    return Declared(outputs=[os.path.join(config.output_dir, name) for name in names])
+
 
 class Generate(Step[EvalConfig]):
     name, config = "generate", EvalConfig
@@ -38,6 +46,11 @@ class Generate(Step[EvalConfig]):
         from sfmed_lf.eval.compare import GenerateStep
 
         return GenerateStep().run(config)
+
+    def declared(self, config: EvalConfig) -> Declared:
+        declared = _declared(config, "answers")
+        declared.resumable = [os.path.join(config.output_dir, "answers")]  # an endpoint keeps its model name
+        return declared
 
 
 class Rouge(Step[EvalConfig]):
@@ -49,6 +62,9 @@ class Rouge(Step[EvalConfig]):
 
         return [RougeStep().run(config)]
 
+    def declared(self, config: EvalConfig) -> Declared:
+        return _declared(config, "rouge.json")
+
 
 class Judge(Step[EvalConfig]):
     name, config = "judge", EvalConfig
@@ -58,6 +74,9 @@ class Judge(Step[EvalConfig]):
         from sfmed_lf.eval.compare import JudgeStep
 
         return [JudgeStep().run(config)]
+
+    def declared(self, config: EvalConfig) -> Declared:
+        return _declared(config, "judge.json")
 
 
 class Mcq(Step[EvalConfig]):
@@ -69,6 +88,9 @@ class Mcq(Step[EvalConfig]):
 
         return [McqStep().run(config)]
 
+    def declared(self, config: EvalConfig) -> Declared:
+        return _declared(config, "mcq.json")
+
 
 class Report(Step[EvalConfig]):
     name, config = "report", EvalConfig
@@ -78,6 +100,9 @@ class Report(Step[EvalConfig]):
         from sfmed_lf.eval.report import build_report
 
         return build_report(config)
+
+    def declared(self, config: EvalConfig) -> Declared:
+        return _declared(config, "report.md", "report.json")
 
 
 def _skip(step: str, config: Any) -> str | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sfmed_lf.privacy.config import AuditConfig, DatabaseConfig
-from sfmed_lf.steps import Stage, Step
+from sfmed_lf.steps import Declared, Stage, Step
 
 
 class Audit(Step[AuditConfig]):
@@ -16,6 +17,13 @@ class Audit(Step[AuditConfig]):
         from sfmed_lf.privacy.audit import run_audit
 
         return run_audit(config)
+
+    def declared(self, config: AuditConfig) -> Declared:
+        declared = super().declared(config)
+        results = os.path.join(config.output_dir, "audit_results.jsonl")
+        declared.outputs = [os.path.join(config.output_dir, name) for name in ("audit_report.json", "high_risk.jsonl")]
+        declared.resumable = [results, f"{results}.provenance.json"]
+        return declared
 
 
 class BuildDatabase(Step[DatabaseConfig]):

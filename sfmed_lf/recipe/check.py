@@ -92,9 +92,7 @@ def check_recipe(recipe: Recipe) -> CheckResult:
     for index, (stage, io) in enumerate(zip(recipe.stages, ios, strict=True)):
         if io.config_file:
             check_path(index, io.config_file, "its config", strict=True)
-        for value in io.data_files:
-            check_path(index, value, "dataset file", strict=True)
-        for value in [*io.reads, *(v for v in io.read_paths() if v not in io.reads and v not in io.data_files)]:
+        for value in io.read_paths():
             check_path(index, value, "input", strict=False)
         for dataset_dir, name in io.datasets:
             problem, source = _dataset_problem(index, dataset_dir, name, producers, names, check_path)

@@ -58,7 +58,7 @@ def stage_inputs(io: StepIO) -> dict[str, Any]:
     """The options that decide the stage's outputs, and the digests of every existing path and every dataset it
     reads."""
     outputs = {os.path.normpath(path) for path in io.outputs}
-    digests: dict[str, Any] = {"options": io.deciding}  # the config's values, not its bytes (comments do not count)
+    digests: dict[str, Any] = {"options": io.options}  # the config's values, not its bytes (comments do not count)
     for value in io.read_paths():
         if not _is_candidate(value) or os.path.normpath(value) in outputs or value in digests:
             continue

@@ -53,7 +53,7 @@ from sfmed_lf.recipe.fingerprint import (
     stage_inputs,
 )
 from sfmed_lf.recipe.spec import LOCALHOST, Recipe, RecipeError, Stage, substitute
-from sfmed_lf.recipe.stage_io import StepIO, _override_text, stage_io
+from sfmed_lf.recipe.stage_io import StepIO, override_text, stage_io
 from sfmed_lf.utils.io import atomic_write_text
 
 FOLLOW_POLL_S = 2.0
@@ -135,7 +135,7 @@ def stage_command(
     where = f"stage {stage.name}"
     args = [substitute(arg, resolve, where) for arg in stage.args]
     overrides = {**stage.overrides, **(extra or {})}
-    pairs = [f"{key}={substitute(_override_text(value), resolve, where)}" for key, value in overrides.items()]
+    pairs = [f"{key}={substitute(override_text(value), resolve, where)}" for key, value in overrides.items()]
     env = {**stage.launch, **stage.env}
     if stage.kind == "train":
         argv = [llamafactory_cli(), "train", *args, *pairs]
