@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -423,3 +425,44 @@ def test_another_option_reruns_only_the_preference_steps_that_read_it(project):
         stage = recipe.stage(name)
         changed = dataclasses.replace(stage, overrides={**stage.overrides, "flip_fraction": 0.2})
         assert (stage_io(changed).options == before[name]) == (name != "pref_select"), name
+
+
+def test_a_follower_node_joins_each_training_stage_the_head_starts(tmp_path):
+    """Node r > 0 runs the head's command of a started training stage with NODE_RANK=r, once, and leaves when the
+    head's run ends (the head's records are written by hand here; tests/test_recipe_training.py runs real ones)."""
+    recipe_path = write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "state_dir": str(tmp_path / "state"),
+            "launch": {"NNODES": 2, "NODE_RANK": 0, "MASTER_ADDR": "127.0.0.1"},
+            "stages": [{"name": "sft", "train": "examples/yaml/tiny/sft.yaml"}],
+        },
+    )
+    recipe = load_recipe(recipe_path)
+    runner = Runner(recipe, io.StringIO(), echo=False)
+    marker = tmp_path / "joined.txt"
+    joined = f"import os; open({str(marker)!r}, 'a').write(os.environ['NODE_RANK'] + os.environ['NNODES'])"
+    runner.state.write_run({"run_id": "r1", "status": "running", "pid": 1})
+    runner.state.write_record(
+        recipe.stage("sft"),
+        {
+            "status": "started",
+            "run_id": "r1",
+            "attempt": "a1",
+            "argv": [sys.executable, "-c", joined],
+            "env": recipe.stage("sft").launch,
+            "launch": recipe.stage("sft").launch,
+            "command": "llamafactory-cli train examples/yaml/tiny/sft.yaml",
+        },
+    )
+
+    def head_ends() -> None:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        runner.state.write_run({"run_id": "r1", "status": "finished", "pid": 1})
+
+    threading.Thread(target=head_ends, daemon=True).start()
+    assert Runner(recipe, io.StringIO(), echo=False).follow(node_rank=1) == 0
+    assert marker.read_text() == "12"  # joined once, as node 1 of 2
+    assert (tmp_path / "state" / "logs" / "sft.node1.log").is_file()
