@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,12 @@ STOP_GRACE_S = 20.0
 
 class EndpointFailed(RuntimeError):
     """An endpoint did not come up (exited, or no answer in time)."""
+
+
+def llamafactory_cli() -> str:
+    """The llamafactory-cli of this interpreter's environment (the venv need not be on PATH)."""
+    beside = Path(sys.executable).parent / "llamafactory-cli"
+    return str(beside) if beside.exists() else (shutil.which("llamafactory-cli") or "llamafactory-cli")
 
 
 def free_port() -> int:
@@ -95,8 +102,10 @@ def start(endpoint: Endpoint, log_dir: Path, say: Callable[[str], None]) -> Runn
     where = f"endpoint {endpoint.name}"
     argv = [substitute(part, resolve, where) for part in endpoint.serve]
     env = {**os.environ, **{key: substitute(value, resolve, where) for key, value in endpoint.env.items()}}
-    if argv[0] == "sfmed":  # this environment's command, whatever PATH holds
+    if argv[0] == "sfmed":  # this environment's commands, whatever PATH holds
         argv = [sys.executable, "-m", "sfmed_lf.cli", *argv[1:]]
+    elif argv[0] == "llamafactory-cli":
+        argv = [llamafactory_cli(), *argv[1:]]
     url = f"http://{LOCALHOST}:{port}/v1"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"endpoint-{endpoint.name}.log"

@@ -44,7 +44,7 @@ from typing import Any, TextIO
 import psutil
 
 from sfmed_lf.recipe.check import CheckResult, check_recipe
-from sfmed_lf.recipe.endpoints import EndpointFailed, RunningEndpoint, start
+from sfmed_lf.recipe.endpoints import EndpointFailed, RunningEndpoint, llamafactory_cli, start
 from sfmed_lf.recipe.fingerprint import (
     changed_inputs,
     fingerprint,
@@ -78,11 +78,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def llamafactory_cli() -> str:
-    beside = Path(sys.executable).parent / "llamafactory-cli"
-    return str(beside) if beside.exists() else (shutil.which("llamafactory-cli") or "llamafactory-cli")
 
 
 class State:
