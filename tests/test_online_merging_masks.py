@@ -166,7 +166,8 @@ def test_masks_are_keyed_and_independent_of_slicing():
     keyed = {"seed": 3, "stream": "update-9", "name": "w", "param_numel": numel}
     full = bernoulli_positions(numel, keep_prob, **keyed)
     assert torch.equal(full, bernoulli_positions(numel, keep_prob, **{**keyed, "param_numel": None}))
-    for offset, length in [(0, 10), (123, 4000), (MASK_CHUNK - 100, 300), (MASK_CHUNK + 17, 4983), (0, numel)]:
+    slices = [(0, 10), (1, 50), (123, 4000), (MASK_CHUNK - 100, 300), (MASK_CHUNK + 1, 77), (MASK_CHUNK + 17, 4983)]
+    for offset, length in [*slices, (0, numel)]:
         part = bernoulli_positions(length, keep_prob, offset=offset, **keyed)
         expected = full[(full >= offset) & (full < offset + length)] - offset
         assert torch.equal(part, expected), (offset, length)
@@ -309,3 +310,36 @@ def test_dtensors_sharded_along_another_dimension_are_refused():
 
     with pytest.raises(NotImplementedError, match=r"only sharding along dim 0"):
         dtensor_segments("w", SimpleNamespace(placements=(Replicate(), Shard(1))))
+
+
+@pytest.mark.parametrize("generator", ["cpu", "torch"])
+def test_every_position_is_kept_with_probability_p_even_the_first(generator):
+    """Over many keys, each of the first positions of a chunk (where the gap arithmetic starts) is kept with
+    probability p: a mask shifted by one would never keep position 0."""
+    import sfmed_lf.merging.masks as masks
+
+    keep_prob, keys = 0.3, 3000
+    counts = torch.zeros(4)
+    for key in range(keys):
+        if generator == "cpu":
+            positions = torch.from_numpy(masks._chunk_positions_cpu(4, keep_prob, key))
+        else:
+            positions = masks._chunk_positions_torch(4, keep_prob, key, torch.device("cpu"))
+        counts[positions] += 1
+    assert ((counts - keys * keep_prob).abs() < binomial_bound(keys, keep_prob)).all(), counts
+
+
+@pytest.mark.parametrize("generator", ["cpu", "torch"])
+def test_drawing_in_short_batches_gives_the_same_positions(monkeypatch, generator):
+    """A chunk is drawn in batches until its end is passed (almost always one): continuing from the last position
+    must give exactly the positions of one long draw."""
+    import sfmed_lf.merging.masks as masks
+
+    def draw(length):
+        if generator == "cpu":
+            return torch.from_numpy(masks._chunk_positions_cpu(length, 0.05, 11))
+        return masks._chunk_positions_torch(length, 0.05, 11, torch.device("cpu"))
+
+    whole = draw(50_000)
+    monkeypatch.setattr(masks, "_draw_count", lambda keep_prob, remaining: 7)
+    assert torch.equal(draw(50_000), whole)  # (torch's CPU generator too; CUDA's Philox offsets need not)

@@ -59,13 +59,13 @@ def test_alpha_one_adds_tau_every_step_and_ignores_adam():
 
 
 def adam_moments_giving(update: torch.Tensor) -> dict:
-    """Moments and hyper-parameters for which the AdamW update of step 1 is exactly ``update`` (beta = 0, lr = 1,
-    eps = 0, v = 1: delta = -m)."""
+    """Moments and hyper-parameters for which the AdamW update of step 1 is exactly ``update`` (beta = 0, eps = 0,
+    v = 4, lr = 0.5: delta = -0.5 * m / 2)."""
     return {
-        "exp_avg": -update.clone(),
-        "exp_avg_sq": torch.ones_like(update),
+        "exp_avg": -4.0 * update,
+        "exp_avg_sq": torch.full_like(update, 4.0),
         "step": 1,
-        "lr": 1.0,
+        "lr": 0.5,
         "betas": (0.0, 0.0),
         "eps": 0.0,
     }
@@ -283,6 +283,27 @@ def sharded_run(named, taus, config, world_size: int, steps: int) -> dict[str, t
     return {name: flat[offsets[name] : offsets[name] + p.numel()].view_as(p) for name, p in named}
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        OnlineMergingConfig(MergeMethod.ONDARE, 0.3, 0.05),
+        OnlineMergingConfig(MergeMethod.ONTIES, 0.3, 0.05),
+        OnlineMergingConfig(MergeMethod.ONTIES, 0.3, 0.05, rescale="l1"),
+        OnlineMergingConfig(MergeMethod.ONDARE, 0.3, 0.05, rescale="l1"),
+    ],
+    ids=["ondare", "onties", "onties-l1", "ondare-l1"],
+)
+def test_one_flat_partition_of_whole_parameters_steps_as_the_parameters(config):
+    """ZeRO with one rank: every parameter a whole segment of one flat buffer, at its offset (with padding between):
+    the same selection, election and rescale per parameter as unsharded, for OnTIES too."""
+    taus = random_taus(make_params())
+    unsharded = make_params()
+    run_optimizer(one_group_optimizer(unsharded, config, taus), [p for _, p in unsharded], range(5))
+    sharded = sharded_run(make_params(), taus, config, world_size=1, steps=5)
+    for name, param in unsharded:
+        torch.testing.assert_close(sharded[name], param, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ondare_masks_do_not_depend_on_the_partition_layout(world_size):
     config = OnlineMergingConfig(MergeMethod.ONDARE, keep_prob=0.3, alpha=0.05)
@@ -380,3 +401,46 @@ def test_deepspeed_steps_one_group_at_a_time_and_the_checkpoints_stay_open_until
         optimizer.step()
         assert source.closed == (group is groups[-1])
     optimizer.param_groups = groups
+
+
+def test_defaults_and_limits_are_adamws():
+    params = [torch.zeros(3, requires_grad=True)]
+    ours = OnlineMergingAdamW([{"params": params, "param_names": ["w"]}], OnlineMergingConfig("ondare", 0.5, 0.1), None)
+    theirs = torch.optim.AdamW(params)
+    for key in ("lr", "betas", "eps"):
+        assert ours.defaults[key] == theirs.defaults[key], key
+    OnlineMergingAdamW([{"params": params, "param_names": ["w"]}], ours.config, None, lr=0.0, eps=0.0, weight_decay=0.0)
+    for bad in ({"lr": -1e-9}, {"eps": -1e-12}, {"weight_decay": -0.1}, {"betas": (1.0, 0.9)}, {"betas": (0.9, -0.1)}):
+        with pytest.raises(ValueError, match="invalid AdamW hyper-parameters"):
+            OnlineMergingAdamW([{"params": params, "param_names": ["w"]}], ours.config, None, **bad)
+
+
+def test_a_layout_resolver_is_asked_at_the_first_unknown_tensor():
+    named = make_params()
+    optimizer, _ = merging_optimizer(named, OnlineMergingConfig(MergeMethod.ONDARE, 0.5, 0.1))
+    flat = torch.zeros(512)
+    flat.grad = torch.ones(512)
+    calls = []
+
+    def resolver():
+        calls.append(1)
+        return {id(flat): [Segment("layer.weight", 0, 512, 0, 512)]}
+
+    optimizer.set_layout_resolver(resolver)
+    optimizer.param_groups[0]["params"] = [flat]
+    optimizer.step()
+    optimizer.step()
+    assert calls == [1] and bool((flat != 0).any())
+
+
+def test_checkpoints_stay_open_while_a_parameter_has_had_no_gradient():
+    named = make_params()
+    optimizer, source = merging_optimizer(named, OnlineMergingConfig(MergeMethod.ONDARE, 0.5, 0.1))
+    params = [p for _, p in named]
+    for param, grad in zip(params[:2], grads_for(0, params[:2]), strict=True):
+        param.grad = grad
+    optimizer.step()
+    assert not source.closed, "head.weight has no tau' yet"
+    run_optimizer(optimizer, params, range(1, 2))
+    assert source.closed
+    assert optimizer.merged_numel() == sum(p.numel() for p in params)
