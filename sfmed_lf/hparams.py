@@ -88,12 +88,61 @@ class PrivacyGuardArguments:
 
     sfmed_privacy_db: str | None = field(
         default=None,
-        metadata={"help": "High-risk embedding database (`sfmed privacy build-db`); enables the privacy guard."},
+        metadata={"help": "High-risk database (`sfmed privacy build-db`) of the served model; enables the guard."},
     )
-    sfmed_privacy_threshold: float = field(
-        default=0.8,
-        metadata={"help": "Cosine similarity at or above which the secure counterpart is served."},
+    sfmed_privacy_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hidden-state cosine similarity to a high-risk prompt at or above which the request is refused. "
+            "Default: the database's calibrated threshold."
+        },
     )
+    sfmed_privacy_lexical_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share (IDF-weighted) of a high-risk prompt's character n-grams found in the conversation at or "
+            "above which the request is refused. Default: the database's calibrated threshold."
+        },
+    )
+    sfmed_privacy_output_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share (IDF-weighted) of a memorized suffix's character n-grams found in the answer at or above "
+            "which the answer is replaced by the secure counterpart. Default: the database's calibrated threshold."
+        },
+    )
+    sfmed_privacy_checks: str = field(
+        default="embedding,lexical,output",
+        metadata={"help": "Checks the guard runs, comma-separated: embedding, lexical, output."},
+    )
+    sfmed_privacy_hold_back: int | None = field(
+        default=None,
+        metadata={
+            "help": "Characters of a streamed answer held back for the output check. Default: the database's value "
+            "(long enough to catch a memorized suffix before any of it is sent)."
+        },
+    )
+    sfmed_privacy_log: str | None = field(
+        default=None,
+        metadata={"help": "JSONL file to which every refusal is appended (check, score, threshold, record id)."},
+    )
+
+    @property
+    def sfmed_privacy_check_list(self) -> list[str]:
+        return [check.strip() for check in self.sfmed_privacy_checks.split(",") if check.strip()]
+
+    def _validate_privacy_guard(self) -> None:
+        if self.sfmed_privacy_threshold is not None and not -1 <= self.sfmed_privacy_threshold <= 1:
+            raise ValueError("sfmed_privacy_threshold is a cosine similarity: it must lie in [-1, 1].")
+        for name in ("sfmed_privacy_lexical_threshold", "sfmed_privacy_output_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"{name} is an overlap share: it must lie in (0, 1].")
+        unknown = sorted(set(self.sfmed_privacy_check_list) - {"embedding", "lexical", "output"})
+        if unknown:
+            raise ValueError(f"sfmed_privacy_checks: unknown check(s) {unknown}; use embedding, lexical, output.")
+        if self.sfmed_privacy_hold_back is not None and self.sfmed_privacy_hold_back < 0:
+            raise ValueError("sfmed_privacy_hold_back must be >= 0.")
 
 
 @dataclass
@@ -162,8 +211,7 @@ class SFMedFinetuningArguments(
         super().__post_init__()
         self._validate_online_merging()
         self._validate_dropout()
-        if not -1 <= self.sfmed_privacy_threshold <= 1:
-            raise ValueError("sfmed_privacy_threshold is a cosine similarity: it must lie in [-1, 1].")
+        self._validate_privacy_guard()
 
     def _validate_dropout(self) -> None:
         if self.sfmed_dropout is None:

@@ -82,7 +82,15 @@ LF_SYMBOLS: tuple[LFSymbol, ...] = (
     LFSymbol(
         "llamafactory.hparams.parser", "get_infer_args", "wrapped: the privacy guard needs the huggingface backend"
     ),
-    LFSymbol("llamafactory.chat.hf_engine", "HuggingfaceEngine", "__init__/chat/stream_chat wrapped: privacy guard"),
+    LFSymbol(
+        "llamafactory.chat.hf_engine",
+        "HuggingfaceEngine",
+        "__init__/chat/stream_chat wrapped: privacy guard; _process_args wrapped: a stop event ends a cut stream",
+    ),
+    LFSymbol("llamafactory.api.app", "run_api", "read: API_HOST/API_KEY defaults, the guard's exposure warning"),
+    LFSymbol(
+        "llamafactory.webui.interface", "run_web_demo", "read: GRADIO_SERVER_NAME default, the guard's exposure warning"
+    ),
     LFSymbol("llamafactory.chat.base_engine", "Response", "built: the guard's secure answer"),
     LFSymbol("llamafactory.data.template", "get_template_and_fix_tokenizer", "called: audit prefixes as in training"),
     LFSymbol("llamafactory.hparams", "DataArguments", "built: the template choice of the audit and the pair scorer"),

@@ -22,6 +22,7 @@ from sfmed_lf.errors import DataError
 from sfmed_lf.formats.conversation import Conversation, Text
 from sfmed_lf.formats.datasets import local_dataset
 from sfmed_lf.privacy.config import AuditConfig
+from sfmed_lf.privacy.generation import greedy_continuations
 from sfmed_lf.text.rouge import rouge_l_f
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
@@ -107,9 +108,14 @@ def run_audit(config: AuditConfig) -> list[Path]:
             for start in range(0, len(todo), config.batch_size):
                 batch = todo[start : start + config.batch_size]
                 pairs = [split(record) for record in batch]
-                for record, (prefix, suffix), generated in zip(
-                    batch, pairs, _greedy(model, pairs, pad_id), strict=True
-                ):
+                continuations = greedy_continuations(
+                    model,
+                    [prefix for prefix, _ in pairs],
+                    pad_id,
+                    max_new_tokens=max(len(suffix) for _, suffix in pairs),
+                    batch_size=len(pairs),
+                )
+                for record, (prefix, suffix), generated in zip(batch, pairs, continuations, strict=True):
                     suffix_text = tokenizer.decode(suffix, skip_special_tokens=True).strip()
                     generation = tokenizer.decode(generated[: len(suffix)], skip_special_tokens=True).strip()
                     results.append(
@@ -124,22 +130,6 @@ def run_audit(config: AuditConfig) -> list[Path]:
                     )
                     bar.update()
     return write_audit_report(config, [results.records[record.id] for record in records])
-
-
-@torch.inference_mode()
-def _greedy(model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> list[list[int]]:
-    width = max(len(prefix) for prefix, _ in pairs)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p, _ in pairs], device=model.device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in pairs], device=model.device)
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention,
-        do_sample=False,
-        pad_token_id=pad_id,
-        max_new_tokens=max(len(suffix) for _, suffix in pairs),
-        min_new_tokens=1,
-    )
-    return [row.tolist() for row in output[:, width:]]
 
 
 def write_audit_report(config: AuditConfig, rows: list[dict[str, Any]]) -> list[Path]:

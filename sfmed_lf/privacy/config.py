@@ -59,18 +59,66 @@ DEFAULT_SECURE_RESPONSE = (
 )
 
 
+CHECKS = ("embedding", "lexical", "output")
+
+
 @dataclass
 class DatabaseConfig(StepConfig):
-    model_name_or_path: str = option(help="The model the guard serves: embeddings come from its hidden states.")
-    audit_dir: str = option(help="Where `sfmed privacy audit` wrote high_risk.jsonl.")
-    output_dir: str = option(help="index.faiss, center.npy, entries.jsonl, meta.json.")
+    model_name_or_path: str = option(help="The model the guard serves: embeddings and calibration come from it.")
+    audit_dir: str = option(help="Where `sfmed privacy audit` wrote audit_results.jsonl and high_risk.jsonl.")
+    output_dir: str = option(
+        help="index.faiss, center.npy, entries.jsonl, meta.json, calibration_report.json, calibration_scores.png."
+    )
+    template: str = option("sfmed", help="LLaMA-Factory template the model serves with (calibration prompts).")
     layer: int | None = option(None, help="Hidden-state index (0 = embeddings output); null: the middle layer.")
     pooling: Pooling = option("mean", help="mean or last-token pooling.")
     secure_responses: str | None = option(
         None, help='JSONL of {"id", "secure_response"}; other entries get default_secure_response.'
     )
     default_secure_response: str = option(DEFAULT_SECURE_RESPONSE, help="Answer served for a memorized record.")
+    lexical_ngram: int = option(2, help="Character n-grams of the prompt check (Chinese: 2; alphabetic text: 3-4).")
+    output_ngram: int = option(3, help="Character n-grams of the output check.")
+    output_cap: int = option(
+        32, help="A suffix longer than this many n-grams is caught once a share of this many reappears."
+    )
+    calibrate: bool = option(
+        True,
+        help="Choose each check's threshold as the lowest whose false-refusal rate on the controls stays within "
+        "target_false_refusal_rate / (2 x number of checks); a threshold set below skips that choice.",
+    )
+    target_false_refusal_rate: float = option(0.01, help="False-refusal budget on the controls, all checks together.")
+    controls: list[str] = option(
+        default_factory=list, help="Files of prompts the model never saw; empty: generated control questions."
+    )
+    num_controls: int = option(1000, help="Generated controls (privacy/controls.py) when `controls` is empty.")
+    perturbations_per_record: int = option(
+        14, help="Perturbed variants of each high-risk prompt (privacy/perturb.py) for the recall measurement."
+    )
+    seed: int = option(1234, help="Seed of the perturbations and generated controls.")
+    max_new_tokens: int = option(64, help="Answers generated for the output check's calibration.")
+    batch_size: int = option(16, help="Prompts per forward/generate call.")
+    embedding_threshold: float | None = option(None, help="Fixed hidden-state cosine threshold (null: calibrated).")
+    lexical_threshold: float | None = option(None, help="Fixed lexical overlap threshold (null: calibrated).")
+    output_threshold: float | None = option(None, help="Fixed output overlap threshold (null: calibrated).")
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be mean or last, not {self.pooling!r}.")
+        if isinstance(self.controls, str):
+            self.controls = [self.controls]
+        if not 0 < self.target_false_refusal_rate < 1:
+            raise ValueError("target_false_refusal_rate must lie in (0, 1).")
+        for name in ("lexical_ngram", "output_ngram", "output_cap", "num_controls", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1.")
+        if self.perturbations_per_record < 0:
+            raise ValueError("perturbations_per_record must be >= 0.")
+        if self.embedding_threshold is not None and not -1 <= self.embedding_threshold <= 1:
+            raise ValueError("embedding_threshold is a cosine similarity: it must lie in [-1, 1].")
+        for name in ("lexical_threshold", "output_threshold"):
+            if getattr(self, name) is not None and not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} is an overlap share: it must lie in (0, 1].")
+        if not self.calibrate and None in (self.embedding_threshold, self.lexical_threshold, self.output_threshold):
+            raise ValueError(
+                "calibrate: false needs embedding_threshold, lexical_threshold and output_threshold set explicitly."
+            )
