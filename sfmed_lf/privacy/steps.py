@@ -28,7 +28,7 @@ class Audit(Step[AuditConfig]):
 
 class BuildDatabase(Step[DatabaseConfig]):
     name, config = "build-db", DatabaseConfig
-    help = "embeddings of the memorized records, with their secure answers"
+    help = "the guard's database of the memorized records, thresholds calibrated for few false refusals"
 
     def run(self, config: DatabaseConfig) -> list[Path]:
         from sfmed_lf.privacy.database import build_database
