@@ -318,6 +318,17 @@ def test_perturbations_cover_every_class_and_controls_are_distinct_questions():
     assert not any(name in q for q in questions for name in ("王建国", "李秀英", "张伟", "赵丽华"))
 
 
+def test_thresholds_are_the_lowest_within_the_false_refusal_budget():
+    from sfmed_lf.privacy.calibrate import choose_threshold
+
+    scores = [i / 1000 for i in range(1000)]  # 0.000 .. 0.999
+    threshold, why = choose_threshold(scores, budget=0.002, floor=0.1)
+    assert sum(score >= threshold for score in scores) == 2 and threshold == pytest.approx(0.9971, abs=1e-4)
+    assert "ranked 3 of 1000" in why
+    threshold, why = choose_threshold([0.0] * 999 + [0.9], budget=0.002, floor=0.5)
+    assert threshold == 0.5 and why.startswith("the floor 0.5")
+
+
 def test_exposure_warning_when_listening_beyond_loopback_without_a_key():
     api = {"llamafactory.api.app": object()}
     web = {"llamafactory.webui.interface": object()}

@@ -67,12 +67,12 @@ def choose_threshold(control_scores: list[float], budget: float, floor: float) -
     threshold = math.ceil((boundary + 1e-9) * 1e4) / 1e4
     if threshold <= floor:
         return floor, (
-            f"the floor {floor}: the controls' highest scores ({ranked[0]:.4f}) stay below it, and below the floor an "
-            "overlap does not mean the same text"
+            f"the floor {floor}: the control score ranked {allowed + 1} ({boundary:.4f}) is below it, and below the "
+            "floor an overlap does not mean the same text"
         )
     return threshold, (
-        f"the lowest value above the {allowed + 1}-th highest control score ({boundary:.4f}), so that at most "
-        f"{allowed} of {len(ranked)} controls ({budget:.2%} budget) are refused"
+        f"just above the control score ranked {allowed + 1} of {len(ranked)} ({boundary:.4f}), so that at most "
+        f"{allowed} controls ({budget:.2%} budget) are refused"
     )
 
 
