@@ -1,96 +1,102 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the SF-Med demo pipeline on the embedded tiny model:
-#   near-duplicate report -> tiny model -> medical:general token mix -> continued pre-training
-#   -> instruction diversification (the CPT model served as generator) -> system prompts attached -> SFT
-#   -> preference pairs (SFT model answers, rule judges vote, 3 reward models, flip/drop)
-#   -> DPO with online merging (OnDARE, then OnTIES)
-#   -> evaluation of the DPO model against the SFT model on the bundled items
-#   -> memorization audit of the SFT model on its training data, and the privacy guard's database.
-# Outputs: models/sfmed-tiny, saves/tiny/{pt,sft,dpo,dpo_onties} (each with LLaMA-Factory's loss plots) and
-# saves/tiny/eval (report.md, report.json, report.png), saves/tiny/privacy (audit report, histogram, database).
+# Sets everything up, then runs the SF-Med pipeline on a generated medical world with the tiny model; each step reads
+# what the one before it wrote:
+#   world (knowledge base -> datasets) -> tiny model (character tokenizer from the world's text)
+#   -> near-duplicate removal of the SFT data -> medical:general token mix -> continued pre-training
+#   -> instruction diversification (the CPT model as generator) -> system prompts attached -> SFT
+#   -> preference pairs (SFT samples + the world's candidates, knowledge-base judge, 3 reward models, flip/drop)
+#   -> DPO on the selected pairs with online merging (OnDARE, then OnTIES)
+#   -> evaluation (SFT vs CPT, DPO vs SFT; Rouge-L, knowledge-base judge, multiple choice) and likelihood measures
+#   -> memorization audit of the SFT model -> high-risk database -> the guarded server asked for the records
+#   -> one report of every stage's effect: saves/tiny/report.md and report.png.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$root/scripts/setup.sh" | tail -n 1)
 export PATH="$venv/bin:$PATH"
 cd "$root"
 
-sfmed doctor
-sfmed data check sfmed_sample_sft_single && sfmed data check sfmed_sample_sft_multiturn  # every row as LF will read it
-sfmed data dedup examples/yaml/tiny/dedup.yaml  # near-duplicates of the bundled SFT data, report only
-sfmed tiny-model examples/yaml/tiny/tiny_model.yaml
-sfmed data mix examples/yaml/tiny/mix.yaml  # medical : general = 1.3 : 1.4 by tokens -> pt_mix.yaml
-llamafactory-cli train saves/tiny/data/mix/pt_mix.yaml
-
 servers=()
 trap 'kill "${servers[@]}" 2>/dev/null || true' EXIT
 free_port() { python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# serve_model MODEL LOG: `llamafactory-cli api` in the background on a free port, set in $port once it answers
-serve_model() {
-  port=$(free_port)
-  API_HOST=127.0.0.1 API_PORT=$port llamafactory-cli api --model_name_or_path "$1" --template sfmed \
-    --infer_backend huggingface > "$2" 2>&1 &
-  servers+=($!)
-  wait_for "$port" "$2"
-}
-wait_for() {
+wait_for() {  # wait_for PORT LOG: until the OpenAI-compatible server on PORT lists its models
   python - "$1" "$2" <<'PY'
 import sys, time, urllib.request
-for _ in range(120):
+for _ in range(180):
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v1/models", timeout=5)
         break
     except OSError:
         time.sleep(1)
 else:
-    sys.exit(f"the server on port {sys.argv[1]} did not come up in 120 s; see {sys.argv[2]}")
+    sys.exit(f"the server on port {sys.argv[1]} did not come up in 180 s; see {sys.argv[2]}")
 PY
 }
+stop_last_server() { kill "${servers[-1]}"; unset 'servers[-1]'; }
+
+sfmed doctor
+mkdir -p saves/tiny/logs
+rm -rf saves/tiny/data saves/tiny/pref saves/tiny/eval saves/tiny/privacy saves/tiny/measure  # resumable steps
+sfmed world generate examples/yaml/tiny/world.yaml
+sfmed tiny-model examples/yaml/tiny/tiny_model.yaml
+sfmed data dedup examples/yaml/tiny/dedup.yaml
+sfmed data mix examples/yaml/tiny/mix.yaml  # medical : general = 9 : 1 by tokens -> pt_mix.yaml
+llamafactory-cli train saves/tiny/data/mix/pt_mix.yaml
+
+# The knowledge-base judge serves the preference judges and the evaluation's judge for the rest of the demo.
+port=$(free_port)
+sfmed world judge saves/tiny/world --port "$port" > saves/tiny/logs/judge.log 2>&1 &
+servers+=($!)
+wait_for "$port" saves/tiny/logs/judge.log
+judge_url="http://127.0.0.1:$port/v1"
 
 # Instruction diversification: the CPT model, served by `llamafactory-cli api`, stands in for GLM-4-9B-Chat.
-mkdir -p saves/tiny/data saves/tiny/logs
-serve_model saves/tiny/pt saves/tiny/logs/generator.log
-rm -rf saves/tiny/data/diversify  # the rounds resume only for the same generator; the CPT model was just retrained
+port=$(free_port)
+API_HOST=127.0.0.1 API_PORT=$port llamafactory-cli api --model_name_or_path saves/tiny/pt --template sfmed \
+  --infer_backend huggingface > saves/tiny/logs/generator.log 2>&1 &
+servers+=($!)
+wait_for "$port" saves/tiny/logs/generator.log
 for pool in single multi; do
   sfmed data diversify "examples/yaml/tiny/diversify_$pool.yaml" "generator_url=http://127.0.0.1:$port/v1"
 done
-kill "${servers[-1]}"
-sfmed data attach-system examples/yaml/tiny/attach_system.yaml
+stop_last_server
+sfmed data attach-system examples/yaml/tiny/attach_system.yaml  # on what dedup kept, with the diversified pools
 llamafactory-cli train examples/yaml/tiny/sft.yaml dataset_dir=saves/tiny/data/diversified \
-  dataset=sfmed_sample_sft_single_diversified,sfmed_sample_sft_multiturn_diversified
+  dataset=world_sft_single_diversified,world_sft_multiturn_diversified
 
-# Preference data at K = 3: the SFT model answers 4 times per prompt (served by `llamafactory-cli api`), three
-# rule-based judges vote (a random tiny model cannot judge; `sfmed pref rule-judge`), three reward models score.
-rm -rf saves/tiny/pref  # answers and judgments resume only for the same models
-serve_model saves/tiny/sft saves/tiny/logs/policy.log
-sfmed pref sample examples/yaml/tiny/pref.yaml "policy_url=http://127.0.0.1:$port/v1"
-kill "${servers[-1]}"
-judge_port=$(free_port)
-sfmed pref rule-judge --port "$judge_port" > saves/tiny/logs/judges.log 2>&1 &
-servers+=($!)
-wait_for "$judge_port" saves/tiny/logs/judges.log
-judges="[$(for rule in terms length clean; do printf '{"url": "http://127.0.0.1:%s/v1", "model": "%s"},' "$judge_port" "$rule"; done)]"
-sfmed pref judge examples/yaml/tiny/pref.yaml "judges=${judges%,]}]"
-kill "${servers[-1]}"
-for step in train-rms score select; do sfmed pref "$step" examples/yaml/tiny/pref.yaml; done
+# Preference data at K = 3, judged by the knowledge base; DPO trains on what `select` wrote.
+judges="[$(for model in kb-facts kb-safety kb-conduct; do printf '{"url": "%s", "model": "%s"},' "$judge_url" "$model"; done)]"
+for step in sample judge train-rms score select; do
+  sfmed pref "$step" examples/yaml/tiny/pref.yaml "judges=${judges%,]}]"
+done
 llamafactory-cli train examples/yaml/tiny/dpo.yaml
 llamafactory-cli train examples/yaml/tiny/dpo.yaml sfmed_merge_method=onties output_dir=saves/tiny/dpo_onties
-rm -rf saves/tiny/eval  # answers are resumable; a fresh demo compares the freshly trained models
-sfmed eval all examples/yaml/tiny/eval.yaml
-rm -rf saves/tiny/privacy  # the audit resumes only for the same model; the SFT model was just retrained
+
+# Evaluation: what SFT adds to the CPT model, and what DPO adds to the SFT model.
+sfmed eval all examples/yaml/tiny/eval.yaml "judge_url=$judge_url"
+sfmed eval all examples/yaml/tiny/eval.yaml "judge_url=$judge_url" output_dir=saves/tiny/eval/dpo_vs_sft \
+  "candidate_name=SF-Med-Tiny (DPO)" candidate_model_name_or_path=saves/tiny/dpo "baseline_name=SF-Med-Tiny (SFT)" \
+  baseline_model_name_or_path=saves/tiny/sft
+sfmed world measure examples/yaml/tiny/measure.yaml
+
+# Privacy: the audit finds the leaked records, the database holds them, the guarded server refuses them.
 sfmed privacy audit examples/yaml/tiny/privacy_audit.yaml
 sfmed privacy build-db examples/yaml/tiny/privacy_db.yaml
-
-echo
-echo "Demo finished. Trained models and loss plots:"
-for stage in pt sft dpo dpo_onties; do
-  echo "  saves/tiny/$stage: $(cd "saves/tiny/$stage" && ls ./*.png model.safetensors | tr '\n' ' ')"
+for guard in unguarded guarded; do  # the same SFT model, without and with the database the audit filled
+  port=$(free_port)
+  options=(examples/yaml/tiny/infer_guarded.yaml)
+  [ "$guard" = unguarded ] && options=(--model_name_or_path saves/tiny/sft --template sfmed --infer_backend huggingface)
+  API_HOST=127.0.0.1 API_PORT=$port llamafactory-cli api "${options[@]}" > "saves/tiny/logs/$guard.log" 2>&1 &
+  servers+=($!)
+  wait_for "$port" "saves/tiny/logs/$guard.log"
+  sfmed world ask-records saves/tiny/world "http://127.0.0.1:$port/v1" "saves/tiny/privacy/${guard}_answers.json"
+  stop_last_server
 done
-echo "  online merging reports: saves/tiny/dpo/sfmed_online_merging.json saves/tiny/dpo_onties/sfmed_online_merging.json"
-echo "  near-duplicate report: saves/tiny/data/dedup/dedup_report.json removed.jsonl"
-echo "  CPT mix: saves/tiny/data/mix/mix_report.md pt_mix.yaml"
-echo "  diversification: saves/tiny/data/diversify/{single,multi}/diversify_report.json instructions.jsonl;"
-echo "    SFT data with system prompts: saves/tiny/data/diversified/"
-echo "  preference stage: saves/tiny/pref/{judge_report.json,selection_report.json,strength_histogram.png,audit.jsonl}"
-echo "  evaluation (DPO vs SFT): saves/tiny/eval/report.md report.json report.png"
-echo "  memorization audit: saves/tiny/privacy/audit_report.json audit_rouge_l.png high_risk.jsonl;"
-echo "    guarded serving: llamafactory-cli chat examples/yaml/tiny/infer_guarded.yaml"
+
+sfmed world report examples/yaml/tiny/report.yaml
+echo
+echo "Demo finished. The report of every stage's effect: saves/tiny/report.md and saves/tiny/report.png"
+echo "  world: saves/tiny/world (world_report.json, kb.json); models: models/sfmed-tiny, saves/tiny/{pt,sft,dpo,dpo_onties}"
+echo "  evaluation: saves/tiny/eval/{sft_vs_pt,dpo_vs_sft}/report.md; measures: saves/tiny/measure/measure.json"
+echo "  preference stage: saves/tiny/pref/{judge_report.json,score_report.json,selection_report.json,strength_histogram.png}"
+echo "  privacy: saves/tiny/privacy/{audit_report.json,audit_rouge_l.png,guarded_answers.json}"
+echo "  guarded serving: llamafactory-cli chat examples/yaml/tiny/infer_guarded.yaml"

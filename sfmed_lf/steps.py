@@ -40,6 +40,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "pref": ("sfmed_lf.preference.steps", "preference pairs: sample, judge, reward ensemble, flip/drop"),
     "eval": ("sfmed_lf.eval.steps", "compare two models: Rouge-L, judge scores, multiple choice"),
     "privacy": ("sfmed_lf.privacy.steps", "memorization audit and the high-risk database of the guard"),
+    "world": ("sfmed_lf.world.steps", "the generated medical world of SF-Med-Tiny: datasets, judge, measures, report"),
 }
 
 

@@ -23,6 +23,17 @@ MULTI_TURN_INSTRUCTION = (
     "信息足够后，给出专业、准确、通俗易懂的分析和建议。"
 )
 
+# Multiple-choice questions as models are asked them (SF-Med §4.5) — in evaluation and in generated training items.
+SINGLE_ANSWER_PROMPT = "以下是一道单项选择题，请选出唯一正确的答案，并以“答案：X”的格式给出。\n\n{question}\n{options}"
+MULTI_ANSWER_PROMPT = "以下是一道多项选择题，请选出所有正确的答案，并以“答案：XY”的格式给出。\n\n{question}\n{options}"
+
+
+def exam_prompt(question: str, options: dict[str, str], multi_answer: bool) -> str:
+    lines = "\n".join(f"{letter}. {text}" for letter, text in sorted(options.items()))
+    template = MULTI_ANSWER_PROMPT if multi_answer else SINGLE_ANSWER_PROMPT
+    return template.format(question=question.strip(), options=lines)
+
+
 SYSTEM_PROMPTS = {SINGLE_TURN_TEMPLATE: SINGLE_TURN_INSTRUCTION, MULTI_TURN_TEMPLATE: MULTI_TURN_INSTRUCTION}
 BASE_TEMPLATE = "qwen"
 

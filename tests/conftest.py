@@ -1,34 +1,60 @@
-"""Session fixtures shared by the tests that run `llamafactory-cli train` for real."""
+"""Session fixtures shared by the tests that run `llamafactory-cli train` for real.
+
+Two kinds of model, named for what they are:
+
+* ``pipeline``: the random-init tiny model (:meth:`TinyModelSpec.random_init`) after one epoch of CPT and SFT on the
+  bundled data — milliseconds per step, nothing learned. For tests of mechanics (online merging, sharding, resume,
+  serving) that need a model, not a trained one.
+* ``world_models``: the demo's default tiny model trained on the generated world as the demo trains it (world ->
+  tokenizer -> token mix -> CPT -> SFT). For the effect tests. Trained once per test session; kept in a cache
+  keyed by every input it depends on (the package files that shape the data, the model and the training, the
+  YAMLs, the library versions), so a second session on the same checkout reuses it. ``SFMED_TEST_CACHE=off``
+  trains afresh; ``SFMED_TEST_CACHE=DIR`` moves the cache.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import lf_train, run
+from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
+from tests.helpers import REPO_ROOT, lf_train, run
 
 DPO_YAML = "examples/yaml/tiny/dpo.yaml"
+BUNDLED_PT = ("dataset_dir=.", "dataset=sfmed_pt_medical,sfmed_pt_general")
+BUNDLED_SFT = ("dataset_dir=.", "dataset=sfmed_sft_single,sfmed_sft_multiturn")
+BUNDLED_DPO = ("dataset_dir=.", "dataset=sfmed_dpo_pairs")
 
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> dict[str, Path]:
-    """tiny model -> CPT -> SFT, as the demo runs it (one epoch each)."""
+    """random-init tiny model -> CPT -> SFT on the bundled data (one epoch each): a model, not a trained one."""
     root = tmp_path_factory.mktemp("pipeline")
     paths = {name: root / name for name in ("model", "pt", "sft")}
-    run(["sfmed", "tiny-model", "examples/yaml/tiny/tiny_model.yaml", f"output_dir={paths['model']}"])
+    build_tiny_model(paths["model"], TinyModelSpec.random_init())
+    common = ("num_train_epochs=1", "per_device_train_batch_size=4", "learning_rate=2e-3", "logging_steps=2")
     lf_train(
         "examples/yaml/tiny/pt.yaml",
         f"model_name_or_path={paths['model']}",
         f"output_dir={paths['pt']}",
-        "num_train_epochs=1",
+        *BUNDLED_PT,
+        *common,
     )
     lf_train(
         "examples/yaml/tiny/sft.yaml",
         f"model_name_or_path={paths['pt']}",
         f"output_dir={paths['sft']}",
-        "num_train_epochs=1",
+        "cutoff_len=256",
+        *BUNDLED_SFT,
+        *common,
     )
     for stage in ("pt", "sft"):
         assert (paths[stage] / "training_loss.png").is_file()
@@ -42,6 +68,7 @@ def dpo(pipeline: dict[str, Path], output_dir: Path, *overrides: str, env=None, 
         f"sfmed_merge_base_model={pipeline['pt']}",
         f"output_dir={output_dir}",
         "max_steps=6",
+        *BUNDLED_DPO,
         *overrides,
         env=env,
         check=check,
@@ -57,3 +84,92 @@ def free_port() -> str:
 
 def two_ranks(**extra: str) -> dict[str, str]:
     return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": free_port(), **extra}
+
+
+# ---- the world-trained models ----------------------------------------------------------------------------------------
+WORLD_INPUTS = (
+    "sfmed_lf/world",
+    "sfmed_lf/tiny_model.py",
+    "sfmed_lf/templates.py",
+    "sfmed_lf/integration.py",
+    "sfmed_lf/data_prep/mix.py",
+    "sfmed_lf/resources/world_conditions.txt",
+    "sfmed_lf/resources/world_general.txt",
+    "sfmed_lf/resources/tiny_corpus.txt",
+    "examples/yaml/tiny/world.yaml",
+    "examples/yaml/tiny/tiny_model.yaml",
+    "examples/yaml/tiny/mix.yaml",
+    "examples/yaml/tiny/pt.yaml",
+    "examples/yaml/tiny/sft.yaml",
+)
+
+
+def content_key(paths: tuple[str, ...], *extra: str) -> str:
+    """SHA-256 over the named files (directories: their .py/.txt/.yaml files, sorted) and ``extra``."""
+    digest = hashlib.sha256()
+    for name in paths:
+        root = REPO_ROOT / name
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".py", ".txt", ".yaml")) if root.is_dir() else [root]
+        for file in files:
+            digest.update(str(file.relative_to(REPO_ROOT)).encode() + b"\0" + file.read_bytes())
+    for value in extra:
+        digest.update(value.encode() + b"\0")
+    return digest.hexdigest()[:20]
+
+
+def _versions() -> str:
+    return ",".join(f"{p}={metadata.version(p)}" for p in ("torch", "transformers", "llamafactory", "tokenizers"))
+
+
+def cached_build(name: str, key: str, build: Callable[[Path], None]) -> Path:
+    """``build(directory)`` once per key: in a cache directory (renamed into place when complete, so a killed build
+    is never reused), or in a temporary one with SFMED_TEST_CACHE=off."""
+    setting = os.environ.get("SFMED_TEST_CACHE", "")
+    if setting == "off":
+        directory = Path(tempfile.mkdtemp(prefix=f"sfmed-{name}-"))
+        build(directory)
+        return directory
+    cache = Path(setting) if setting else Path.home() / ".cache" / "sfmed-lf" / "test-models"
+    target = cache / f"{name}-{key}"
+    if (target / "COMPLETE").is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache, prefix=f".{name}-{key}."))
+    build(staging)
+    (staging / "COMPLETE").write_text(key + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
+def train_world_models(root: Path) -> None:
+    """The demo's first training steps: world -> tiny model -> mix -> CPT -> SFT (on the world's SFT files)."""
+    world, model = root / "world", root / "model"
+    run(["sfmed", "world", "generate", "examples/yaml/tiny/world.yaml", f"output_dir={world}"])
+    run(["sfmed", "tiny-model", "examples/yaml/tiny/tiny_model.yaml", f"output_dir={model}", f"corpus=[{world}]"])
+    mix = root / "mix"
+    run(
+        [
+            "sfmed",
+            "data",
+            "mix",
+            "examples/yaml/tiny/mix.yaml",
+            f"tokenizer={model}",
+            f"dataset_dir={world}",
+            f"output_dir={mix}",
+        ]
+    )
+    lf_train(str(mix / "pt_mix.yaml"), f"model_name_or_path={model}", f"output_dir={root / 'pt'}")
+    lf_train(
+        "examples/yaml/tiny/sft.yaml",
+        f"model_name_or_path={root / 'pt'}",
+        f"dataset_dir={world}",
+        f"output_dir={root / 'sft'}",
+    )
+
+
+@pytest.fixture(scope="session")
+def world_models() -> dict[str, Path]:
+    """{"world", "model", "pt", "sft"}: the generated world and the tiny model before, after CPT, after SFT."""
+    root = cached_build("world-models", content_key(WORLD_INPUTS, _versions()), train_world_models)
+    return {name: root / name for name in ("world", "model", "pt", "sft")}

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from sfmed_lf.data_prep.diversify import Banks, InstructionCheck, Lexicon, split_candidates
-from sfmed_lf.tiny_model import build_tiny_model
+from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
 from tests.helpers import REPO_ROOT, lf_load_dataset, read_json, run
 from tests.servers import ScriptedChatServer, llamafactory_api
 
@@ -155,7 +155,7 @@ def test_diversify_with_scripted_generator_counts_rotates_and_resumes(tmp_path):
 
 
 def test_diversify_against_llamafactory_api_with_the_tiny_model(tmp_path):
-    model = build_tiny_model(tmp_path / "model")
+    model = build_tiny_model(tmp_path / "model", TinyModelSpec.random_init())
     with llamafactory_api(model, tmp_path / "api.log") as base_url:
         config = diversify_config(tmp_path, base_url, "lf", rounds=2, max_new_tokens=48, pool="multi")
         run(["sfmed", "data", "diversify", str(config)])
@@ -191,7 +191,7 @@ def test_attach_system_prompts_by_turns_and_load_in_llamafactory(tmp_path):
     assert report["datasets"]["sfmed_sample_sft_single"] == {"single": len(single), "multi": 0, "kept_existing": 0}
     assert len({row["system"] for row in single}) > 5, "instructions vary across rows"
 
-    model = build_tiny_model(tmp_path / "model")
+    model = build_tiny_model(tmp_path / "model", TinyModelSpec.random_init())
     info = json.loads((tmp_path / "attached" / "dataset_info.json").read_text())
     for name, rows in (
         ("sfmed_sample_sft_single_diversified", single),
@@ -206,7 +206,8 @@ def test_attach_system_prompts_by_turns_and_load_in_llamafactory(tmp_path):
 def test_attach_reads_dedup_output_and_keeps_existing_prompts(tmp_path):
     """dataset_dir: the output of `sfmed data dedup` (it registers the kept files under the same names);
     keep_existing: rows with a system prompt keep it."""
-    run(["sfmed", "data", "dedup", "examples/yaml/tiny/dedup.yaml", f"output_dir={tmp_path / 'dedup'}"])
+    bundled = ["datasets=[sfmed_sample_sft_single, sfmed_sample_sft_multiturn]", "dataset_dir=."]
+    run(["sfmed", "data", "dedup", "examples/yaml/tiny/dedup.yaml", *bundled, f"output_dir={tmp_path / 'dedup'}"])
     kept = json.loads((tmp_path / "dedup" / "sfmed_sft_multiturn.json").read_text(encoding="utf-8"))
     config = {
         "datasets": ["sfmed_sample_sft_multiturn"],

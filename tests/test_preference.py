@@ -17,14 +17,14 @@ from sfmed_lf.preference.judge import decide, parse_verdict
 from sfmed_lf.preference.pairs import PAIRS_DATASET, load_pairs, register_pairs
 from sfmed_lf.preference.rule_judge import rule_judge_server, rules, verdict
 from sfmed_lf.preference.selection import select_actions, strengths
-from sfmed_lf.tiny_model import build_tiny_model
+from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
 from tests.helpers import NO_MERGING, REALDATA, REPO_ROOT, lf_load_dataset, lf_train, read_json, run
 from tests.servers import ScriptedChatServer, llamafactory_api
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TinyModelSpec.random_init())
 
 
 def lines(path: Path) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from sfmed_lf.tiny_model import build_tiny_model
+from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
 from tests.helpers import REPO_ROOT, run
 
 PATCH = REPO_ROOT / "patches" / "0001-plugin-entry-points.patch"
@@ -72,7 +72,7 @@ def test_reward_model_with_tied_embeddings_saves_with_the_patch_alone(tmp_path):
     root = tmp_path / "lf"
     installed = next(Path(d, "llamafactory") for d in site.getsitepackages() if Path(d, "llamafactory").is_dir())
     shutil.copytree(installed, root / "src" / "llamafactory", ignore=shutil.ignore_patterns("__pycache__"))
-    model = build_tiny_model(tmp_path / "model")
+    model = build_tiny_model(tmp_path / "model", TinyModelSpec.random_init())
     assert json.loads((model / "config.json").read_text())["tie_word_embeddings"] is True
     train = [
         sys.executable,

@@ -27,10 +27,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sfmed_lf.templates import exam_prompt as format_prompt  # noqa: F401 - the prompt evaluated models see
 from sfmed_lf.text.normalize import nfkc as normalize
 
-SINGLE_ANSWER_PROMPT = "以下是一道单项选择题，请选出唯一正确的答案，并以“答案：X”的格式给出。\n\n{question}\n{options}"
-MULTI_ANSWER_PROMPT = "以下是一道多项选择题，请选出所有正确的答案，并以“答案：XY”的格式给出。\n\n{question}\n{options}"
 
 _LETTER = r"(?<![A-Za-z])(?-i:[A-Z])(?![A-Za-z])"
 # between the letters of a list: commas, 、, 和/与/及/以及/或, "and", "&", "/", "+" or spaces; no newline
@@ -170,12 +169,6 @@ def _quoted_option(text: str, options: dict[str, str]) -> str | None:
     }
     present = [letter for letter, option in distinct.items() if option in text]
     return present[0] if len(present) == 1 else None
-
-
-def format_prompt(question: str, options: dict[str, str], multi_answer: bool) -> str:
-    lines = "\n".join(f"{letter}. {text}" for letter, text in sorted(options.items()))
-    template = MULTI_ANSWER_PROMPT if multi_answer else SINGLE_ANSWER_PROMPT
-    return template.format(question=question.strip(), options=lines)
 
 
 def is_correct(extraction: Extraction, gold: str, multi_answer: bool) -> bool:

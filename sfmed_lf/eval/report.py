@@ -89,6 +89,18 @@ def build_report(config: EvalConfig) -> list[Path]:
     return paths
 
 
+def _label_bars(axis: Any, bars: Any, values: list[float]) -> None:
+    """Every bar gets its value, so a 0 % bar is drawn as "0%" rather than left blank."""
+    for bar, value in zip(bars, values, strict=True):
+        axis.annotate(
+            f"{100 * value:.0f}%",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+
+
 def _chart(numbers: dict[str, Any], names: tuple[str, str]) -> bytes:
     plt = pyplot()
     panels = [key for key in ("rouge", "judge", "mcq") if key in numbers]
@@ -100,19 +112,31 @@ def _chart(numbers: dict[str, Any], names: tuple[str, str]) -> bytes:
             width = 0.8 / len(models)
             for index, model in enumerate(models):
                 values = [numbers["mcq"][model][b]["accuracy"] for b in benchmarks]
-                axis.bar([i + index * width for i in range(len(benchmarks))], values, width, label=model)
-            axis.set_xticks([i + 0.4 - width / 2 for i in range(len(benchmarks))], benchmarks, rotation=30, ha="right")
-            axis.set_ylim(0, 1)
-            axis.set_title("multiple-choice accuracy")
+                bars = axis.bar([i + index * width for i in range(len(benchmarks))], values, width, label=model)
+                _label_bars(axis, bars, values)
+            counts = [numbers["mcq"][models[0]][b]["n"] for b in benchmarks]
+            labels = [f"{b}\n(n = {n})" for b, n in zip(benchmarks, counts, strict=True)]
+            axis.set_xticks([i + 0.4 - width / 2 for i in range(len(benchmarks))], labels, rotation=30, ha="right")
+            axis.set_ylim(0, 1.1)
+            axis.set_title("multiple-choice accuracy", fontsize=9)
             axis.legend(fontsize=8)
             continue
         datasets = list(numbers[key])
+        counts = [numbers[key][d]["n"] for d in datasets]
+        axis.set_yticks(range(len(datasets)), [f"{d} (n = {n})" for d, n in zip(datasets, counts, strict=True)])
         left = [0.0] * len(datasets)
         for part, colour in (("win", "#2e7d32"), ("tie", "#9e9e9e"), ("loss", "#c62828")):
             values = [numbers[key][d][f"{part}_rate"] for d in datasets]
-            axis.barh(datasets, values, left=left, color=colour, label=part)
+            axis.barh(range(len(datasets)), values, left=left, color=colour, label=part)
+            for row, (start, value) in enumerate(zip(left, values, strict=True)):
+                if value >= 0.06:
+                    axis.annotate(f"{100 * value:.0f}%", (start + value / 2, row), ha="center", va="center", fontsize=7)
             left = [a + b for a, b in zip(left, values, strict=True)]
+        for row, n in enumerate(counts):
+            if n == 0:
+                axis.annotate("n = 0", (0.5, row), ha="center", va="center", fontsize=8)
         axis.set_xlim(0, 1)
-        axis.set_title(f"{'Rouge-L' if key == 'rouge' else 'judge'}: {names[0]} vs {names[1]}", fontsize=9)
+        title = "Rouge-L" if key == "rouge" else "judge"
+        axis.set_title(f"{title} win/tie/loss: {names[0]} vs {names[1]}", fontsize=9)
         axis.legend(fontsize=8, loc="lower right")
     return png_bytes(figure)

@@ -46,6 +46,9 @@ class PreferenceConfig(EndpointOptions, StepConfig):
     infer_backend: Literal["huggingface", "vllm"] = option(
         "huggingface", help="LLaMA-Factory ChatModel engine of the in-process policy."
     )
+    policy_batch_size: int = option(
+        1, help="huggingface in process: prompts sampled together in one generate() call (faster on a CPU)."
+    )
     num_responses: int = option(2, help="k answers per prompt; consecutive answers form the pairs (0,1), (2,3), ...")
     temperature: float = option(1.0, help="Sampling temperature of the policy.")
     top_p: float = option(0.95, help="Nucleus sampling of the policy.")
@@ -71,6 +74,10 @@ class PreferenceConfig(EndpointOptions, StepConfig):
     gpus: list[int] | None = option(None, help="Run the K trainings over these devices (null: one after another).")
     gpus_per_model: int = option(1, help="Devices per reward-model run.")
     score_batch_size: int = option(8, help="Pairs per scoring batch.")
+    heldout_dataset: str | None = option(
+        None, help="A ranking dataset the reward models never trained on: each model's and the ensemble's accuracy."
+    )
+    heldout_dataset_dir: str = option(".", help="Directory holding heldout_dataset's dataset_info.json.")
     cutoff_len: int = option(2048, help="Truncation of a pair as in training (LF's infer_seqlen).")
     flip_fraction: float = option(0.1, help="Fraction of the weakest pairs whose labels are flipped.")
     drop_fraction: float = option(0.1, help="Fraction of the strongest pairs that are dropped.")
@@ -98,7 +105,14 @@ class PreferenceConfig(EndpointOptions, StepConfig):
                 raise ValueError(f"{name} must lie in [0, 1).")
         if self.flip_fraction + self.drop_fraction >= 1:
             raise ValueError("flip_fraction + drop_fraction must stay below 1.")
-        for name in ("num_reward_models", "min_votes", "concurrency", "score_batch_size", "gpus_per_model"):
+        for name in (
+            "num_reward_models",
+            "min_votes",
+            "concurrency",
+            "score_batch_size",
+            "gpus_per_model",
+            "policy_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1.")
 

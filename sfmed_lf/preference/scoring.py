@@ -8,6 +8,10 @@ line per model with every pair's scores keyed by the pair's content (:attr:`Pref
 re-scores only the models it had not finished and a later step never applies a score to another pair. Pairs longer
 than ``cutoff_len`` are truncated as in training and listed in ``score_report.json``; a pair without question or
 responses, or with two identical responses, is an error naming its file, line and field.
+
+With ``heldout_dataset`` (a ranking dataset of ``heldout_dataset_dir`` the reward models never trained on), every
+model also scores those pairs, and ``score_report.json`` gives each model's and the ensemble's (mean score) held-out
+accuracy: the share of pairs whose chosen answer scores higher.
 """
 
 from __future__ import annotations
@@ -71,6 +75,31 @@ class RewardModel:
             return values.gather(1, last).view(-1).tolist()
 
 
+def pair_scores(
+    model: RewardModel, template: ChatTemplate, pairs: list[PreferencePair], config: PreferenceConfig
+) -> tuple[dict[str, list[float]], list[str]]:
+    """({pair key: [chosen score, rejected score]}, ids of the pairs cut to cutoff_len)."""
+    scores: dict[str, list[float]] = {}
+    truncated = []
+    for start in range(0, len(pairs), config.score_batch_size):
+        batch_pairs = pairs[start : start + config.score_batch_size]
+        batch = [template.pair_ids(pair, config.cutoff_len) for pair in batch_pairs]
+        chosen = model.scores([c for c, _, _ in batch])
+        rejected = model.scores([r for _, r, _ in batch])
+        for pair, chosen_score, rejected_score, (_, _, cut) in zip(batch_pairs, chosen, rejected, batch, strict=True):
+            scores[pair.key] = [chosen_score, rejected_score]
+            if cut:
+                truncated.append(pair.id)
+    return scores, truncated
+
+
+def heldout_accuracy(records: list[dict], pairs: list[PreferencePair]) -> dict[str, float | list[float]]:
+    """Each model's share of held-out pairs with chosen above rejected, and the ensemble's on mean scores."""
+    per_model = [sum(r["heldout"][p.key][0] > r["heldout"][p.key][1] for p in pairs) / len(pairs) for r in records]
+    mean = [[sum(r["heldout"][p.key][side] for r in records) / len(records) for side in (0, 1)] for p in pairs]
+    return {"accuracy_per_model": per_model, "ensemble_accuracy": sum(c > r for c, r in mean) / len(pairs)}
+
+
 def score_pairs(config: PreferenceConfig) -> list[Path]:
     pairs = load_pairs(*config.pairs_source())
     path = config.out / "scores.jsonl"
@@ -78,7 +107,11 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
     missing = [str(model) for model in models if value_head_file(model) is None]
     if missing:
         raise DataError(f"reward models missing: {', '.join(missing)}; run `sfmed pref train-rms` first.")
-    check_provenance(path, {"pairs": pairs_digest(pairs), "cutoff_len": config.cutoff_len})
+    heldout = load_pairs(config.heldout_dataset_dir, config.heldout_dataset) if config.heldout_dataset else []
+    inputs = {"pairs": pairs_digest(pairs), "cutoff_len": config.cutoff_len}
+    if heldout:
+        inputs["heldout"] = pairs_digest(heldout)
+    check_provenance(path, inputs)
     output = ResumableJsonl(path, key="model")
     for index, model_dir in enumerate(tqdm(models, desc="score with reward models", unit="model")):
         fingerprint = model_fingerprint(str(model_dir))
@@ -88,21 +121,21 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
             continue
         model = RewardModel(model_dir)
         template = ChatTemplate(model.tokenizer, config.template)
-        scores: dict[str, list[float]] = {}
-        truncated = []
-        for start in range(0, len(pairs), config.score_batch_size):
-            batch_pairs = pairs[start : start + config.score_batch_size]
-            batch = [template.pair_ids(pair, config.cutoff_len) for pair in batch_pairs]
-            chosen = model.scores([c for c, _, _ in batch])
-            rejected = model.scores([r for _, r, _ in batch])
-            for pair, chosen_score, rejected_score, (_, _, cut) in zip(
-                batch_pairs, chosen, rejected, batch, strict=True
-            ):
-                scores[pair.key] = [chosen_score, rejected_score]
-                if cut:
-                    truncated.append(pair.id)
+        scores, truncated = pair_scores(model, template, pairs, config)
+        record = {"model": index, "path": str(model_dir), "fingerprint": fingerprint, "scores": scores}
+        if heldout:
+            record["heldout"], _ = pair_scores(model, template, heldout, config)
         if index == 0:
             report = {"pairs": len(pairs), "cutoff_len": config.cutoff_len, "truncated": truncated}
             atomic_write_text(config.out / "score_report.json", json.dumps(report, indent=2) + "\n")
-        output.append({"model": index, "path": str(model_dir), "fingerprint": fingerprint, "scores": scores})
+        output.append(record)
+    if heldout:
+        report = json.loads((config.out / "score_report.json").read_text())
+        records = [output.records[str(index)] for index in range(len(models))]
+        report["heldout"] = {
+            "dataset": config.heldout_dataset,
+            "pairs": len(heldout),
+            **heldout_accuracy(records, heldout),
+        }
+        atomic_write_text(config.out / "score_report.json", json.dumps(report, indent=2) + "\n")
     return [path]

@@ -99,7 +99,7 @@ def select_pairs(config: PreferenceConfig) -> list[Path]:
     atomic_write_text(written[1], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in audit))
     atomic_write_text(written[2], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     written.append(out / "strength_histogram.png")
-    atomic_write_bytes(written[-1], _histogram(mean, actions))
+    atomic_write_bytes(written[-1], _histogram(mean, actions, config))
     register_pairs(out / "dataset_info.json", config.dataset_name, "selected.jsonl")
     if config.register_in:
         target = Path(config.register_in)
@@ -109,15 +109,34 @@ def select_pairs(config: PreferenceConfig) -> list[Path]:
     return written
 
 
-def _histogram(mean: np.ndarray, actions: list[str]) -> bytes:
+def _histogram(mean: np.ndarray, actions: list[str], config: PreferenceConfig) -> bytes:
+    """The strength of every pair, coloured by what selection did, with the flip and drop thresholds marked."""
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    figure, axis = plt.subplots(figsize=(6.4, 3.8))
     bins = np.histogram_bin_edges(mean, bins=min(40, max(10, len(mean) // 5)))
     for action, color in (("keep", "tab:blue"), (FLIP, "tab:red"), (DROP, "tab:gray")):
         values = [m for m, a in zip(mean, actions, strict=True) if a == action]
-        if values:
-            axis.hist(values, bins=bins, color=color, alpha=0.8, label=f"{action} ({len(values)})")
+        axis.hist(values, bins=bins, color=color, alpha=0.8, label=f"{action} ({len(values)})")
+    for action, edge, side in ((FLIP, max, "flip below"), (DROP, min, "drop above")):
+        chosen = [m for m, a in zip(mean, actions, strict=True) if a == action]
+        if chosen:
+            threshold = edge(chosen)
+            axis.axvline(threshold, color="black", linestyle="--", linewidth=1)
+            axis.annotate(
+                f"{side} {threshold:.2f}",
+                (threshold, axis.get_ylim()[1] * 0.92),
+                fontsize=7,
+                rotation=90,
+                ha="right",
+                va="top",
+            )
+    rule = (
+        (f"flip_below {config.flip_below:g}" if config.flip_below is not None else f"flip {config.flip_fraction:.0%}")
+        + ", "
+        + (f"drop_above {config.drop_above:g}" if config.drop_above is not None else f"drop {config.drop_fraction:.0%}")
+    )
+    axis.set_title(f"preference strength of {len(mean)} pairs over the reward models ({rule})", fontsize=9)
     axis.set_xlabel("mean preference strength (chosen − rejected), over the reward models")
     axis.set_ylabel("pairs")
-    axis.legend()
+    axis.legend(fontsize=8)
     return png_bytes(figure)
