@@ -179,7 +179,14 @@ def evaluate(base: Path, models: dict[str, Path], work: Path, max_items: int) ->
                 "max_new_tokens=48",
                 "batch_size=32",
             ]
-            run("sfmed", "eval", "generate", "examples/yaml/tiny/eval.yaml", *overrides, "baseline_model_name_or_path=null")
+            run(
+                "sfmed",
+                "eval",
+                "generate",
+                "examples/yaml/tiny/eval.yaml",
+                *overrides,
+                "baseline_model_name_or_path=null",
+            )
             run("sfmed", "eval", "mcq", "examples/yaml/tiny/eval.yaml", *overrides, "baseline_model_name_or_path=null")
         results[name] = {
             "mcq": json.loads((out / "mcq.json").read_text())["models"]["a"]["accuracy"]["All"]["accuracy"]

@@ -29,9 +29,9 @@ from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
 from tests.helpers import REPO_ROOT, lf_train, run
 
 DPO_YAML = "examples/yaml/tiny/dpo.yaml"
-BUNDLED_PT = ("dataset_dir=.", "dataset=sfmed_pt_medical,sfmed_pt_general")
-BUNDLED_SFT = ("dataset_dir=.", "dataset=sfmed_sft_single,sfmed_sft_multiturn")
-BUNDLED_DPO = ("dataset_dir=.", "dataset=sfmed_dpo_pairs")
+BUNDLED_PT = ("dataset_dir=.", "dataset=sfmed_sample_pt_medical,sfmed_sample_pt_general")
+BUNDLED_SFT = ("dataset_dir=.", "dataset=sfmed_sample_sft_single,sfmed_sample_sft_multiturn")
+BUNDLED_DPO = ("dataset_dir=.", "dataset=sfmed_sample_dpo_pairs")
 
 
 @pytest.fixture(scope="session")

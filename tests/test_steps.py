@@ -38,6 +38,9 @@ EXAMPLE_STEPS = {
     "eval.yaml": ("eval", "generate"),
     "privacy_audit.yaml": ("privacy", "audit"),
     "privacy_db.yaml": ("privacy", "build-db"),
+    "world.yaml": ("world", "generate"),
+    "measure.yaml": ("world", "measure"),
+    "report.yaml": ("world", "report"),
 }
 
 

@@ -72,7 +72,14 @@ def test_splits_keep_evaluated_exam_items_out_of_training(world):
     assert sum(len(names) for names in splits.values()) == len(kb["conditions"]) >= 200
     sft = rows(world / "sft_single.json") + rows(world / "sft_multiturn.json")
     about = Counter((row["metadata"].get("condition"), row["metadata"]["kind"].split(":")[0]) for row in sft)
-    exam_conditions = {condition for condition, kind in about if kind == "exam"}
+    exam_conditions = {condition for condition, kind in about if kind == "exam" and condition is not None}
+    assert all(
+        kind != "exam" or (condition is None) == (kind_full == "exam:general")
+        for (condition, kind), kind_full in (
+            ((row["metadata"].get("condition"), row["metadata"]["kind"].split(":")[0]), row["metadata"]["kind"])
+            for row in sft
+        )
+    ), "only the general-domain exam items are about no condition"
     consulted = {condition for condition, kind in about if kind == "consultation"}
     assert exam_conditions == set(splits["exam"])
     assert consulted == set(splits["exam"]) | set(splits["dialogue"])

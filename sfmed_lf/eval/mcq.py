@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from sfmed_lf.templates import exam_prompt as format_prompt  # noqa: F401 - the prompt evaluated models see
 from sfmed_lf.text.normalize import nfkc as normalize
 
-
 _LETTER = r"(?<![A-Za-z])(?-i:[A-Z])(?![A-Za-z])"
 # between the letters of a list: commas, 、, 和/与/及/以及/或, "and", "&", "/", "+" or spaces; no newline
 _LIST_SEPARATOR = r"(?:[ \t]*(?:[、,，/&+]|和|与|及|以及|或|\band\b|\bor\b)[ \t]*|[ \t]*)"

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.lf_template import ChatTemplate
+from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.ensemble import rm_dir, value_head_file
 from sfmed_lf.preference.pairs import load_pairs, pairs_digest

@@ -47,11 +47,11 @@ from sfmed_lf.formats.exam import ExamQuestion
 from sfmed_lf.formats.items import EvalItem
 from sfmed_lf.formats.lf_rows import dataset_info_entry, to_alpaca_row, to_ranking_row, to_sharegpt_row
 from sfmed_lf.formats.pairs import PreferencePair
+from sfmed_lf.steps import StepConfig, option
 from sfmed_lf.templates import MULTI_TURN_INSTRUCTION, SINGLE_TURN_INSTRUCTION, exam_prompt
 from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.world import phrasing
 from sfmed_lf.world.knowledge import Condition, KnowledgeBase, load_conditions, load_general_facts, population_phrase
-from sfmed_lf.steps import StepConfig, option
 
 SPLITS = ("exam", "dialogue", "held_out")
 ERROR_KINDS = ("wrong_drug", "missed_contraindication", "follow_up_in_single_turn", "repeated_follow_up")
@@ -68,13 +68,21 @@ class WorldConfig(StepConfig):
     documents_per_condition: int = option(4, help="pre-training documents per condition")
     consultations_per_condition: int = option(2, help="single-turn SFT consultations")
     multiturn_per_condition: int = option(1, help="multi-turn SFT consultations")
-    exam_items_per_condition: int = option(10, help="SFT exam items per exam condition (the kinds in turn, options shuffled anew)")
+    exam_items_per_condition: int = option(
+        10, help="SFT exam items per exam condition (the kinds in turn, options shuffled anew)"
+    )
     eval_exam_items_per_condition: int = option(2, help="evaluated exam items per condition")
     population_share: float = option(0.3, help="consultations whose patient has the contraindication")
     caution_share: float = option(0.5, help="SFT answers that state the contraindication")
-    missed_contraindication_share: float = option(0.3, help="SFT answers recommending the drug to a patient it is contraindicated for")
-    follow_up_noise_share: float = option(0.2, help="single-turn SFT answers that ask a follow-up question instead of answering")
-    near_duplicate_share: float = option(0.05, help="SFT consultations repeated with small edits (what near-duplicate removal finds)")
+    missed_contraindication_share: float = option(
+        0.3, help="SFT answers recommending the drug to a patient it is contraindicated for"
+    )
+    follow_up_noise_share: float = option(
+        0.2, help="single-turn SFT answers that ask a follow-up question instead of answering"
+    )
+    near_duplicate_share: float = option(
+        0.05, help="SFT consultations repeated with small edits (what near-duplicate removal finds)"
+    )
     pref_prompts_per_condition: int = option(2, help="preference prompts per trained condition")
     patients: int = option(8, help="invented patients whose records leak into the training data")
     control_patients: int = option(8, help="invented patients the model never sees")

@@ -26,8 +26,8 @@ from sfmed_lf.errors import DataError
 from sfmed_lf.formats.conversation import Text
 from sfmed_lf.formats.datasets import local_dataset
 from sfmed_lf.formats.pairs import PreferencePair
-from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.steps import StepConfig, option
+from sfmed_lf.utils.io import atomic_write_text
 
 
 @dataclass

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sfmed_lf.errors import DataError
+from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.serving.chat_client import ChatEndpoint
 from sfmed_lf.templates import SINGLE_TURN_INSTRUCTION
 from sfmed_lf.utils.io import atomic_write_text
-from sfmed_lf.utils.jsonl import read_records
 
 _IDENTIFIERS = re.compile(r"身份证号(?P<id>[0-9X]+)|电话(?P<phone>1[0-9]{10})")
 
@@ -33,7 +33,7 @@ def ask_records(
         path = world / f"privacy_{group}.json"
         if not path.is_file():
             raise DataError(f"{path}: missing; run `sfmed world generate` first.")
-        groups[group] = [row for _, row in read_records(path)]
+        groups[group] = [row for _, row in read_rows(path)]
     endpoint = ChatEndpoint(url, model)
     answers, summary = [], {}
     try:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sfmed_lf.steps import StepConfig, option
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.plotting import png_bytes, pyplot
-from sfmed_lf.steps import StepConfig, option
 
 
 @dataclass
