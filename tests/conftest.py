@@ -154,7 +154,7 @@ def train_world_models(root: Path) -> None:
             "data",
             "mix",
             "examples/yaml/tiny/mix.yaml",
-            f"tokenizer={model}",
+            f"model_name_or_path={model}",
             f"dataset_dir={world}",
             f"output_dir={mix}",
         ]
