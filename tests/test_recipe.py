@@ -136,6 +136,23 @@ def test_every_dataset_each_7b_yaml_names_is_produced_by_an_earlier_stage(projec
             assert written[key] < used_by[path.name], (path.name, name)
 
 
+def test_the_demo_is_the_tiny_recipe_and_each_stage_reads_what_an_earlier_one_wrote(project):
+    """scripts/demo.sh runs examples/yaml/tiny/recipe.yaml; every dataset a tiny stage trains on or reads is written by
+    an earlier stage (the world, dedup, attach-system, the selection), never a bundled sample."""
+    assert "sfmed recipe run examples/yaml/tiny/recipe.yaml" in (REPO_ROOT / "scripts" / "demo.sh").read_text()
+    recipe = load_recipe(REPO_ROOT / "examples" / "yaml" / "tiny" / "recipe.yaml")
+    result = check_recipe(recipe)
+    assert result.errors == []
+    names = [stage.name for stage in recipe.stages]
+    sources = {(stage, name): source for stage, _, name, source in result.dataset_sources}
+    for (stage, name), source in sources.items():
+        assert not name.startswith("sfmed_sample_"), (stage, name)
+        assert source is not None and names.index(source) < names.index(stage), (stage, name, source)
+    assert sources[("dpo_ondare", "sfmed_dpo_selected")] == "pref_select"
+    assert sources[("sft", "world_sft_single_diversified")] == "attach_system"
+    assert sources[("attach_system", "world_sft_single")] == "dedup"
+
+
 def test_a_stage_reading_what_a_later_stage_writes_is_an_error(project, tmp_path):
     recipe = yaml.safe_load(RECIPE_7B.read_text())
     stages = recipe["stages"]
