@@ -276,8 +276,8 @@ class Report:
         if not self.section("Privacy (sfmed privacy, guarded serving)", None if audit else "audit_report.json"):
             return
         ids = audit["high_risk_ids"]
-        planted = sum(i.startswith("privacy_planted") for i in ids)
-        control = sum(i.startswith("privacy_control") for i in ids)
+        planted = sum(i.startswith("world_privacy_planted:") for i in ids)
+        control = sum(i.startswith("world_privacy_control:") for i in ids)
         self.lines.append(
             f"Audit: {audit['memorized']} of {audit['records_audited']} record requests answered with the record "
             f"(Rouge-L > {audit['threshold']:g}): {planted} leaked records, {control} control records."
