@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -64,7 +63,9 @@ def test_model_entries_point_at_what_the_demo_and_the_recipe_write():
         output_dir = (yaml.safe_load(path.read_text()) or {}).get("output_dir")
         if isinstance(output_dir, str):
             written.add(output_dir)
-    written |= set(re.findall(r"output_dir=(\S+)", (REPO_ROOT / "scripts" / "demo.sh").read_text()))
+        for stage in (yaml.safe_load(path.read_text()) or {}).get("stages") or []:  # a recipe's overrides
+            if isinstance(stage, dict) and isinstance((stage.get("set") or {}).get("output_dir"), str):
+                written.add(stage["set"]["output_dir"])
     assert set(board.SFMED_MODELS.values()) <= written, set(board.SFMED_MODELS.values()) - written
     sft = yaml.safe_load((REPO_ROOT / "examples" / "yaml" / "tiny" / "sft.yaml").read_text())
     assert sft["model_name_or_path"] == board.SFMED_MODELS[board.BASE_MODEL_EXAMPLE], "θ_base = what SFT started from"
