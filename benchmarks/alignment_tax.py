@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sfmed_lf.formats.lf_rows import dataset_info_entry  # noqa: E402
 from sfmed_lf.merging.config import OnlineMergingConfig  # noqa: E402
 from sfmed_lf.utils.plotting import png_bytes, pyplot  # noqa: E402
 
@@ -105,15 +106,7 @@ def preference_pairs(world: Path, out: Path) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "pairs.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    columns = {
-        "prompt": "instruction",
-        "query": "input",
-        "chosen": "chosen",
-        "rejected": "rejected",
-        "history": "history",
-        "system": "system",
-    }
-    info = {"world_dpo_pairs": {"file_name": "pairs.json", "ranking": True, "columns": columns}}
+    info = {"world_dpo_pairs": dataset_info_entry("pairs.json", "ranking")}
     (out / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
 
 
