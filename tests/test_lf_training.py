@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import DPO_YAML, dpo, two_ranks
+from tests.conftest import BUNDLED_DPO, DPO_YAML, dpo, two_ranks
 from tests.helpers import NO_MERGING, REPO_ROOT, lf_train, load_weights, read_json, run
 
 pytestmark = pytest.mark.slow
@@ -56,13 +56,24 @@ def test_lora_is_rejected_before_training(pipeline, tmp_path):
 
 def test_mismatched_base_model_is_rejected_before_training(pipeline, tmp_path):
     other = tmp_path / "other-base"
-    run(["sfmed", "tiny-model", f"output_dir={other}", "hidden_size=32", "intermediate_size=64"])
+    run(
+        [
+            "sfmed",
+            "tiny-model",
+            f"output_dir={other}",
+            "tokenizer=bpe",
+            "hidden_size=32",
+            "intermediate_size=64",
+            "num_attention_heads=4",
+        ]
+    )
     result = lf_train(
         DPO_YAML,
         f"model_name_or_path={pipeline['sft']}",
         f"sfmed_merge_base_model={other}",
         f"output_dir={tmp_path / 'out'}",
         "max_steps=2",
+        *BUNDLED_DPO,
         check=False,
     )
     assert result.returncode != 0
@@ -128,6 +139,7 @@ def test_an_fsdp_config_accelerate_would_drop_is_refused(pipeline, tmp_path):
         f"output_dir={tmp_path / 'out'}",
         "max_steps=2",
         "ddp_backend=gloo",
+        *BUNDLED_DPO,
         env=two_ranks(),
         check=False,
     )
@@ -150,6 +162,7 @@ def test_board_extra_arguments_reach_the_training_subprocess(pipeline, tmp_path)
         output_dir=str(tmp_path),
         max_steps=4,
         dataset_dir=str(REPO_ROOT),
+        dataset="sfmed_sample_dpo_pairs",
         sfmed_merge_method="none",
     )
     extra_args = json.dumps(

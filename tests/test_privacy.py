@@ -59,6 +59,7 @@ ADVICE_PARTS = (
 FILLER_QUESTIONS = control_questions(160, seed=7)
 TEMPLATE = "chatml"  # no default system prompt: short sequences, fast training
 PINNED_SPEC = {  # the tiny model this test trains, whatever the tiny defaults become
+    "tokenizer": "bpe",
     "vocab_size": 2048,
     "hidden_size": 64,
     "intermediate_size": 176,
