@@ -27,6 +27,16 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+# what the `pipeline` fixture trains with (tests/conftest.py), so the resumed run must end at its weights
+PIPELINE_SETTINGS = {
+    "dataset_dir": ".",
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 2e-3,
+    "logging_steps": 2,
+}
+
+
 def test_a_run_killed_during_training_resumes_with_the_same_outputs(pipeline, tmp_path):
     state = tmp_path / "state"
     recipe = tmp_path / "recipe.yaml"
@@ -41,7 +51,8 @@ def test_a_run_killed_during_training_resumes_with_the_same_outputs(pipeline, tm
                         "set": {
                             "model_name_or_path": str(pipeline["model"]),
                             "output_dir": str(tmp_path / "pt"),
-                            "num_train_epochs": 1,
+                            **PIPELINE_SETTINGS,
+                            "dataset": "sfmed_sample_pt_medical,sfmed_sample_pt_general",
                         },
                     },
                     {
@@ -50,7 +61,9 @@ def test_a_run_killed_during_training_resumes_with_the_same_outputs(pipeline, tm
                         "set": {
                             "model_name_or_path": str(tmp_path / "pt"),
                             "output_dir": str(tmp_path / "sft"),
-                            "num_train_epochs": 1,
+                            **PIPELINE_SETTINGS,
+                            "dataset": "sfmed_sample_sft_single,sfmed_sample_sft_multiturn",
+                            "cutoff_len": 256,
                         },
                     },
                 ],

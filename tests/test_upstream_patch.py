@@ -83,6 +83,8 @@ def test_reward_model_with_tied_embeddings_saves_with_the_patch_alone(tmp_path):
         f"model_name_or_path={model}",
         "template=qwen",  # the sfmed templates are part of the switched-off plugin
         "max_steps=1",
+        "dataset_dir=.",
+        "dataset=sfmed_sample_dpo_pairs",
     ]
     off = {"SFMED_LF_DISABLE": "1", "PYTHONPATH": str(root / "src")}
     stock = run([*train, f"output_dir={tmp_path / 'stock'}"], env=off, check=False)
