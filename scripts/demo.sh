@@ -19,5 +19,5 @@ echo "Demo finished. The report of every stage's effect: saves/tiny/report.md an
 echo "  world: saves/tiny/world (world_report.json, kb.json); models: models/sfmed-tiny, saves/tiny/{pt,sft,dpo,dpo_onties}"
 echo "  evaluation: saves/tiny/eval/{sft_vs_pt,dpo_vs_sft}/report.md; measures: saves/tiny/measure/measure.json"
 echo "  preference stage: saves/tiny/pref/{judge_report.json,score_report.json,selection_report.json,strength_histogram.png}"
-echo "  privacy: saves/tiny/privacy/{audit_report.json,audit_rouge_l.png,guarded_answers.json}"
+echo "  privacy: saves/tiny/privacy/{audit_report.json,audit_rouge_l.png}; served answers: saves/tiny/serving/"
 echo "  logs of every stage: saves/tiny/recipe/logs; guarded serving: llamafactory-cli chat examples/yaml/tiny/infer_guarded.yaml"

@@ -5,11 +5,11 @@ Two kinds of model, named for what they are:
 * ``pipeline``: the random-init tiny model (:meth:`TinyModelSpec.random_init`) after one epoch of CPT and SFT on the
   bundled data — milliseconds per step, nothing learned. For tests of mechanics (online merging, sharding, resume,
   serving) that need a model, not a trained one.
-* ``world_models``: the demo's default tiny model trained on the generated world as the demo trains it (world ->
-  tokenizer -> token mix -> CPT -> SFT). For the effect tests. Trained once per test session; kept in a cache
-  keyed by every input it depends on (the package files that shape the data, the model and the training, the
-  YAMLs, the library versions), so a second session on the same checkout reuses it. ``SFMED_TEST_CACHE=off``
-  trains afresh; ``SFMED_TEST_CACHE=DIR`` moves the cache.
+* ``tiny_recipe``: the demo itself — ``sfmed recipe run examples/yaml/tiny/recipe.yaml`` in a project directory
+  of its own (world -> tiny model -> data steps -> CPT -> SFT -> preference stage -> DPO -> evaluation -> audit ->
+  guard -> report). For the end-to-end and effect tests. Run once per test session; kept in a cache keyed by every
+  input it depends on (the package, the tiny YAMLs, the library versions), so a second session on the same
+  checkout reuses it. ``SFMED_TEST_CACHE=off`` runs it afresh; ``SFMED_TEST_CACHE=DIR`` moves the cache.
 """
 
 from __future__ import annotations
@@ -86,22 +86,10 @@ def two_ranks(**extra: str) -> dict[str, str]:
     return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": free_port(), **extra}
 
 
-# ---- the world-trained models ----------------------------------------------------------------------------------------
-WORLD_INPUTS = (
-    "sfmed_lf/world",
-    "sfmed_lf/tiny_model.py",
-    "sfmed_lf/templates.py",
-    "sfmed_lf/integration.py",
-    "sfmed_lf/data_prep/mix.py",
-    "sfmed_lf/resources/world_conditions.txt",
-    "sfmed_lf/resources/world_general.txt",
-    "sfmed_lf/resources/tiny_corpus.txt",
-    "examples/yaml/tiny/world.yaml",
-    "examples/yaml/tiny/tiny_model.yaml",
-    "examples/yaml/tiny/mix.yaml",
-    "examples/yaml/tiny/pt.yaml",
-    "examples/yaml/tiny/sft.yaml",
-)
+# ---- the tiny recipe, run as the demo runs it ------------------------------------------------------------------------
+TINY_RECIPE = "examples/yaml/tiny/recipe.yaml"
+# what its outputs depend on: the whole package (every stage runs) and the tiny YAMLs (plus library versions)
+TINY_RECIPE_INPUTS = ("sfmed_lf", "examples/yaml/tiny")
 
 
 def content_key(paths: tuple[str, ...], *extra: str) -> str:
@@ -142,34 +130,14 @@ def cached_build(name: str, key: str, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def train_world_models(root: Path) -> None:
-    """The demo's first training steps: world -> tiny model -> mix -> CPT -> SFT (on the world's SFT files)."""
-    world, model = root / "world", root / "model"
-    run(["sfmed", "world", "generate", "examples/yaml/tiny/world.yaml", f"output_dir={world}"])
-    run(["sfmed", "tiny-model", "examples/yaml/tiny/tiny_model.yaml", f"output_dir={model}", f"corpus=[{world}]"])
-    mix = root / "mix"
-    run(
-        [
-            "sfmed",
-            "data",
-            "mix",
-            "examples/yaml/tiny/mix.yaml",
-            f"model_name_or_path={model}",
-            f"dataset_dir={world}",
-            f"output_dir={mix}",
-        ]
-    )
-    lf_train(str(mix / "pt_mix.yaml"), f"model_name_or_path={model}", f"output_dir={root / 'pt'}")
-    lf_train(
-        "examples/yaml/tiny/sft.yaml",
-        f"model_name_or_path={root / 'pt'}",
-        f"dataset_dir={world}",
-        f"output_dir={root / 'sft'}",
-    )
+def run_tiny_recipe(project: Path) -> None:
+    """`sfmed recipe run examples/yaml/tiny/recipe.yaml` in a project directory of its own: every stage of the demo
+    (world, tiny model, data steps, CPT, SFT, preference stage, DPO x2, evaluation, measures, audit, guard, report)."""
+    shutil.copytree(REPO_ROOT / "examples" / "yaml" / "tiny", project / "examples" / "yaml" / "tiny")
+    run(["sfmed", "recipe", "run", TINY_RECIPE], cwd=project, timeout=5400)
 
 
 @pytest.fixture(scope="session")
-def world_models() -> dict[str, Path]:
-    """{"world", "model", "pt", "sft"}: the generated world and the tiny model before, after CPT, after SFT."""
-    root = cached_build("world-models", content_key(WORLD_INPUTS, _versions()), train_world_models)
-    return {name: root / name for name in ("world", "model", "pt", "sft")}
+def tiny_recipe() -> Path:
+    """The project directory the tiny recipe ran in (saves/tiny/..., models/sfmed-tiny)."""
+    return cached_build("tiny-recipe", content_key(TINY_RECIPE_INPUTS, _versions()), run_tiny_recipe)

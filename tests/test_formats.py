@@ -38,8 +38,8 @@ FOREIGN_TEMPLATE = (
 def test_conversations_round_trip_through_every_form(form):
     entry = DatasetEntry.parse("it", ENTRY_COLUMNS[form], "dataset_info.json")
     row = render(CONVERSATION, form)
-    assert entry.read(HERE, row) == Conversation(CONVERSATION.system, CONVERSATION.turns)
     assert row["metadata"] == {"department": "神经内科"}, "source fields that are not dialogue travel along"
+    assert entry.read(HERE, row) == CONVERSATION, "and come back when the row is read"
     assert infer_entry("file", HERE, row).read(HERE, row) == entry.read(HERE, row)
 
 
@@ -47,6 +47,11 @@ def test_pairs_and_text_round_trip():
     ranking = DatasetEntry.parse("it", ENTRY_COLUMNS["ranking"], "dataset_info.json")
     row = render(PAIR, "ranking")
     assert ranking.read(HERE, row) == PAIR and ranking.read(HERE, row).key == PAIR.key
+    labelled = PreferencePair("p2", PAIR.prompt, PAIR.chosen, PAIR.rejected, {"error": "wrong_drug"})
+    assert ranking.read(HERE, render(labelled, "ranking")) == labelled  # what the measures group by
+    assert DatasetEntry.parse("t", ENTRY_COLUMNS["pt"], "x").read(HERE, render(Text("正文", {"k": "v"}), "pt")) == Text(
+        "正文", {"k": "v"}
+    )
     assert render(Text("正文"), "pt") == {"text": "正文"}
     with pytest.raises(DataError, match="pre-training text has no alpaca form"):
         render(Text("正文"), "alpaca")

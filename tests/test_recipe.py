@@ -21,6 +21,7 @@ from llamafactory.hparams.parser import _parse_train_args
 
 from sfmed_lf.recipe import endpoints as endpoint_module
 from sfmed_lf.recipe.check import check_recipe
+from sfmed_lf.recipe.fingerprint import RUN_STATISTICS, path_digest
 from sfmed_lf.recipe.runner import Runner, plan, status
 from sfmed_lf.recipe.spec import RecipeError, load_recipe
 from sfmed_lf.recipe.stage_io import stage_io
@@ -151,6 +152,16 @@ def test_the_demo_is_the_tiny_recipe_and_each_stage_reads_what_an_earlier_one_wr
     assert sources[("dpo_ondare", "sfmed_dpo_selected")] == "pref_select"
     assert sources[("sft", "world_sft_single_diversified")] == "attach_system"
     assert sources[("attach_system", "world_sft_single")] == "dedup"
+
+
+def test_a_later_stage_writing_into_a_directory_an_earlier_stage_reads_is_an_error(tmp_path):
+    """The guard's database reads the audit's directory; answers written there by a later stage would change that
+    input after every run, and the recipe would never be done (what the tiny recipe did before)."""
+    recipe = yaml.safe_load((REPO_ROOT / "examples" / "yaml" / "tiny" / "recipe.yaml").read_text())
+    ask = next(stage for stage in recipe["stages"] if stage["name"] == "ask_guarded")
+    ask["sfmed"] = ask["sfmed"].replace("saves/tiny/serving/", "saves/tiny/privacy/")
+    errors = check_recipe(load_recipe(write_recipe(tmp_path / "into.yaml", recipe))).errors
+    assert [e for e in errors if "ask_guarded: writes" in e and "which stage privacy_db reads" in e], errors
 
 
 def test_a_stage_reading_what_a_later_stage_writes_is_an_error(project, tmp_path):
@@ -483,3 +494,20 @@ def test_a_follower_node_joins_each_training_stage_the_head_starts(tmp_path):
     assert Runner(recipe, io.StringIO(), echo=False).follow(node_rank=1) == 0
     assert marker.read_text() == "12"  # joined once, as node 1 of 2
     assert (tmp_path / "state" / "logs" / "sft.node1.log").is_file()
+
+
+def test_a_training_directory_is_its_model_not_its_run_statistics(tmp_path):
+    """Two runs that train the same weights write other runtimes: the later stages must not run again for that."""
+    model = tmp_path / "dpo"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "config.json").write_text("{}")
+    (model / "train_results.json").write_text('{"train_runtime": 64.5}')
+    (model / "trainer_log.jsonl").write_text('{"loss": 0.69, "elapsed_time": "0:00:01"}\n')
+    first = path_digest(model)
+    assert set(first) == {"model.safetensors", "config.json"}
+    for name in RUN_STATISTICS:
+        (model / name).write_text("another run")
+    assert path_digest(model) == first
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert path_digest(model) != first

@@ -1,51 +1,105 @@
-"""What each stage does to the tiny model trained on the generated world, asserted as effect sizes.
+"""The demo end to end, and what each of its stages does, asserted as effect sizes.
 
-The models come from the session fixture ``world_models`` (world -> tiny model -> mix -> CPT -> SFT, as the demo
-trains them). Thresholds sit well below what seed 0 measured (given beside each); other seeds were not measured.
+The session fixture ``tiny_recipe`` runs ``sfmed recipe run examples/yaml/tiny/recipe.yaml`` — the command
+``scripts/demo.sh`` runs — in a project directory of its own (~15 min idle on two cores, cached by content). The tests
+read what its stages wrote. Every stage is seeded, but diversification samples from a model served by LLaMA-Factory's
+API, which takes no seed, so everything trained after it varies from run to run: the thresholds sit below what two
+runs measured (given beside each). What the tiny model does not reach is a strict xfail that says what was measured;
+an XPASS fails the suite until the mark is dropped.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from sfmed_lf.world.judge import world_judge_server
 from sfmed_lf.world.report import chance_accuracy
-from tests.helpers import read_json, run
+from tests.conftest import TINY_RECIPE
+from tests.helpers import VENV_BIN, cli_env, load_weights, read_json, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the first run trains CPT and SFT (~11 min idle)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]  # the first test runs the whole recipe
+
+
+def saves(project: Path) -> Path:
+    return project / "saves" / "tiny"
 
 
 def items(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="session")
-def sft_vs_pt(world_models, tmp_path_factory) -> Path:
-    """`sfmed eval all` of the SFT model against the CPT model on the world's evaluated items, judged by the
-    knowledge-base judge."""
-    world, out = world_models["world"], tmp_path_factory.mktemp("eval") / "sft_vs_pt"
-    with world_judge_server(world) as judge:
-        run(
-            [
-                "sfmed",
-                "eval",
-                "all",
-                "examples/yaml/tiny/eval.yaml",
-                f"items=[{world / 'eval_dialogue.jsonl'}, {world / 'eval_mcq.jsonl'}]",
-                f"candidate_model_name_or_path={world_models['sft']}",
-                f"baseline_model_name_or_path={world_models['pt']}",
-                f"output_dir={out}",
-                f"judge_url={judge.base_url}",
-            ]
-        )
-    return out
+def stage_names(project: Path) -> list[str]:
+    return [stage["name"] for stage in yaml.safe_load((project / TINY_RECIPE).read_text())["stages"]]
 
 
-def test_sft_answers_exam_items_in_the_extractable_form_the_cpt_model_never_uses(sft_vs_pt):
-    mcq = read_json(sft_vs_pt / "mcq.json")["models"]
+# ---- end to end (issue 19) ------------------------------------------------------------------------------------------
+def test_the_tiny_recipe_runs_every_stage_and_reports_models_that_differ(tiny_recipe):
+    names = stage_names(tiny_recipe)
+    assert len(names) >= 20
+    records = {name: read_json(saves(tiny_recipe) / "recipe" / "stages" / f"{name}.json") for name in names}
+    assert {name: record["status"] for name, record in records.items()} == dict.fromkeys(names, "finished")
+    status = run(["sfmed", "recipe", "status", TINY_RECIPE], cwd=tiny_recipe).stdout
+    assert f"{len(names)} done" in status and "unfinished" not in status, status
+    for model in ("pt", "sft", "dpo", "dpo_onties", "pref/rms/rm_0"):
+        assert (saves(tiny_recipe) / model / "model.safetensors").is_file(), model
+    report = (saves(tiny_recipe) / "report.md").read_text(encoding="utf-8")
+    assert "SF-Med-Tiny (SFT)" in report and "SF-Med-Tiny (DPO)" in report
+    assert (saves(tiny_recipe) / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_killed_during_a_training_stage_the_rerun_redoes_only_that_stage_and_ends_at_the_same_weights(
+    tiny_recipe, tmp_path
+):
+    """kill -9 of the runner's process group while DPO (OnTIES) trains, in a copy of the finished project whose
+    dpo_onties stage is forgotten; the re-run skips every other stage (their records stay byte-identical) and
+    trains to the weights of the uninterrupted run."""
+    project = tmp_path / "project"
+    shutil.copytree(tiny_recipe, project)
+    stages = saves(project) / "recipe" / "stages"
+    log = saves(project) / "recipe" / "logs" / "dpo_onties.log"
+    for forgotten in (stages / "dpo_onties.json", log):
+        forgotten.unlink()
+    shutil.rmtree(saves(project) / "dpo_onties")
+    before = {path.name: path.read_bytes() for path in stages.glob("*.json")}
+    command = [str(VENV_BIN / "sfmed"), "recipe", "run", TINY_RECIPE]
+    runner = subprocess.Popen(
+        command, cwd=project, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not (log.is_file() and "'loss'" in log.read_text(errors="replace")):  # DPO has trained a few steps
+            assert runner.poll() is None, "the runner ended before DPO trained"
+            assert time.monotonic() < deadline, "timed out waiting for DPO to train"
+            time.sleep(0.2)
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+    assert read_json(stages / "dpo_onties.json")["status"] == "started"
+    assert not (saves(project) / "dpo_onties" / "model.safetensors").exists()
+
+    rerun = run(command, cwd=project, timeout=1800)
+    names = stage_names(project)
+    position = names.index("dpo_onties") + 1
+    assert f"[{position}/{len(names)}] dpo_onties: running again (an earlier attempt did not finish)" in rerun.stdout
+    assert f"all {len(names)} stages done (1 run, {len(names) - 1} already done)" in rerun.stdout, rerun.stdout[-3000:]
+    after = {path.name: path.read_bytes() for path in stages.glob("*.json")}
+    assert {name for name in after if after[name] != before.get(name)} == {"dpo_onties.json"}
+    ours = load_weights(saves(project) / "dpo_onties")
+    reference = load_weights(saves(tiny_recipe) / "dpo_onties")
+    assert ours.keys() == reference.keys() and all((ours[k] == reference[k]).all() for k in ours)
+
+
+# ---- effects (issue 13) ---------------------------------------------------------------------------------------------
+def test_sft_answers_exam_items_in_the_extractable_form_the_cpt_model_never_uses(tiny_recipe):
+    mcq = read_json(saves(tiny_recipe) / "eval" / "sft_vs_pt" / "mcq.json")["models"]
     sft, cpt = mcq["a"]["accuracy"]["All"], mcq["b"]["accuracy"]["All"]
     assert sft["unextracted"] <= 0.05 * sft["n"], mcq["a"]["unextracted"][:5]  # measured: 1 of 224
     assert cpt["unextracted"] >= 0.8 * cpt["n"], "the CPT model was never taught the answer form"  # measured: 217
@@ -53,25 +107,96 @@ def test_sft_answers_exam_items_in_the_extractable_form_the_cpt_model_never_uses
 
 @pytest.mark.xfail(
     strict=True,
-    reason="not reached: the default tiny model (128 wide, 4 layers, 20 CPT epochs, 6 SFT epochs) answers the held-out "
-    "exam items at chance (0.174 against 0.193, seed 0): it learns the answer form, not the facts of the pre-training "
-    "text (issue 13). XPASS means it now learns: drop this mark.",
+    reason="not reached (issue 13): the SFT model answers the held-out exam items at 0.250 and 0.192 (two runs) "
+    "against chance 0.193. It keeps what CPT stored (held-out pairs, wrong drug: 0.97) but states the right fact "
+    "for 18 of 80 held-out items, and on its own training items gives the letter of the option it stated 28 times "
+    "in 80. XPASS means it now learns: drop this mark.",
 )
-def test_sft_answers_held_out_exam_items_well_above_chance(world_models, sft_vs_pt):
-    mcq = read_json(sft_vs_pt / "mcq.json")["models"]
-    chance = chance_accuracy(items(world_models["world"] / "eval_mcq.jsonl"))
+def test_sft_answers_held_out_exam_items_well_above_chance(tiny_recipe):
+    mcq = read_json(saves(tiny_recipe) / "eval" / "sft_vs_pt" / "mcq.json")["models"]
+    chance = chance_accuracy(items(saves(tiny_recipe) / "world" / "eval_mcq.jsonl"))
     sft = mcq["a"]["accuracy"]["All"]
     assert sft["accuracy"] >= 2 * chance, (sft, chance)
 
 
-def test_sft_beats_cpt_on_rouge_and_judge(sft_vs_pt):
-    rouge = read_json(sft_vs_pt / "rouge.json")["summary"]["All"]
-    # measured (seed 0): 116 wins, 18 losses of 134 (win rate 0.87); consultations 66 : 1
+def test_sft_beats_cpt_on_rouge_and_judge(tiny_recipe):
+    comparison = saves(tiny_recipe) / "eval" / "sft_vs_pt"
+    rouge = read_json(comparison / "rouge.json")["summary"]["All"]
+    # measured: 111 wins, 22 losses of 134; 114 : 19
     assert rouge["win"] >= 3 * rouge["loss"] and rouge["win_rate"] >= 0.6, rouge
-    judge = read_json(sft_vs_pt / "judge.json")
+    judge = read_json(comparison / "judge.json")
     every = judge["summary"]["All"]
     assert not judge["unparseable"], judge["unparseable"][:3]
-    # measured: 28 wins, 1 loss, 105 ties; mean score 1.44 against 1.02 (the facts are mostly wrong for both)
+    # measured: 34 wins, 1 loss, 99 ties, mean score 1.63 against 1.02; 29 : 1, 1.53 against 1.02
     assert every["win"] >= 5 * max(every["loss"], 1) and every["mean_score_a"] >= every["mean_score_b"] + 0.2, every
-    report = (sft_vs_pt / "report.md").read_text(encoding="utf-8")
+    report = (comparison / "report.md").read_text(encoding="utf-8")
     assert "Reference-guided judge (kb-facts" in report and "Multiple-choice accuracy" in report
+
+
+def test_the_preference_stage_selects_from_the_judged_pairs_what_its_report_says(tiny_recipe):
+    pref = saves(tiny_recipe) / "pref"
+    judged = read_json(pref / "judge_report.json")
+    selection = read_json(pref / "selection_report.json")
+    selected = [line for line in (pref / "selected.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    actions = selection["actions"]  # measured: 482 judged pairs kept of 618 (keep 386, flip 48, drop 48); 487 of 622
+    assert judged["pairs_kept"] == selection["pairs"] >= 200, (judged, selection)
+    assert actions["flip"] == actions["drop"] == int(0.1 * selection["pairs"]), actions
+    assert len(selected) == actions["keep"] + actions["flip"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reached (issue 13): the three tiny reward models score the held-out pairs at 0.71-0.75 (ensemble "
+    "0.761; another run 0.769), below the 0.8 the issue asks.",
+)
+def test_reward_models_rank_held_out_pairs_with_fluent_wrong_answers(tiny_recipe):
+    heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
+    assert heldout["ensemble_accuracy"] >= 0.8, heldout
+
+
+def test_reward_models_rank_held_out_pairs_above_chance(tiny_recipe):
+    heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
+    assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.761, 0.769 of 134
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reached (issue 13): DPO leaves the preferred-answer rate on held-out pairs where SFT had it or lowers "
+    "it (two runs: SFT 0.49 / 0.50, OnDARE 0.50 / 0.46, OnTIES 0.34 / 0.40): it teaches the behaviour (missed "
+    "contraindication 0.29 -> 0.61 / 0.32 -> 0.65) but pushes down drug names that are wrong in its pairs and right "
+    "for held-out conditions (wrong drug 0.97 -> 0.72 / 0.67); no (beta, lr) of 0.1/0.5 x 2e-4/5e-4 did better.",
+)
+def test_dpo_raises_the_preferred_answer_rate_over_sft(tiny_recipe):
+    models = read_json(saves(tiny_recipe) / "measure" / "measure.json")["models"]
+    sft = models["SFT"]["preferred_answer_rate"]["All"]["rate"]
+    for name in ("DPO (OnDARE)", "DPO (OnTIES)"):
+        assert models[name]["preferred_answer_rate"]["All"]["rate"] >= sft + 0.05, (name, models[name], sft)
+
+
+def test_dpo_teaches_the_contraindication_warning_on_held_out_conditions(tiny_recipe):
+    """The behaviour the preference pairs teach (state the contraindication) reaches conditions no pair covers."""
+    models = read_json(saves(tiny_recipe) / "measure" / "measure.json")["models"]
+    kind = "missed_contraindication"
+    sft, dpo = (models[name]["preferred_answer_rate"][kind] for name in ("SFT", "DPO (OnDARE)"))
+    assert dpo["n"] >= 25 and dpo["rate"] >= sft["rate"] + 0.15, (sft, dpo)  # measured: 0.29 -> 0.61, 0.32 -> 0.65
+    assert models["DPO (OnDARE)"]["reward_accuracy"][kind]["rate"] >= 0.55  # measured 0.71, 0.65
+
+
+def test_the_audit_finds_a_planted_record_and_the_guard_blocks_what_the_plain_server_leaks(tiny_recipe):
+    audit = read_json(saves(tiny_recipe) / "privacy" / "audit_report.json")
+    planted = [i for i in audit["high_risk_ids"] if i.startswith("world_privacy_planted:")]
+    assert planted and len(planted) == len(audit["high_risk_ids"]), audit["high_risk_ids"]  # measured: 1, 0 controls
+    unguarded = read_json(saves(tiny_recipe) / "serving" / "unguarded_answers.json")["summary"]
+    guarded = read_json(saves(tiny_recipe) / "serving" / "guarded_answers.json")["summary"]
+    assert unguarded["planted"]["answers_with_identifiers"] >= 1, unguarded  # measured: 1 of 8
+    assert unguarded["control"]["answers_with_identifiers"] == 0, unguarded
+    assert guarded["planted"]["answers_with_identifiers"] == 0, guarded
+    assert guarded["planted"]["asked"] == unguarded["planted"]["asked"] >= 8
+
+
+def test_diversification_with_the_world_model_as_generator_accepts_instructions(tiny_recipe):
+    accepted = {
+        pool: read_json(saves(tiny_recipe) / "data" / "diversify" / pool / "diversify_report.json")["accepted"]
+        for pool in ("single", "multi")
+    }
+    assert sum(accepted.values()) >= 1, accepted  # measured: single 1 of 3, multi 0 of 3

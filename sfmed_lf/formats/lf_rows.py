@@ -18,7 +18,7 @@ travel as ``"metadata"`` (LLaMA-Factory ignores the column).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sfmed_lf.errors import DataError
@@ -144,14 +144,20 @@ class DatasetEntry:
         return "sft"
 
     def read(self, location: Location, row: dict[str, Any]) -> LFRow:
-        """The row as LLaMA-Factory would train on it; anything it would skip, mangle or crash on is an error."""
+        """The row as LLaMA-Factory would train on it; anything it would skip, mangle or crash on is an error. The
+        row's ``metadata`` mapping (what this package writes beside the columns, LLaMA-Factory ignores it) comes
+        back on the sample, so what was written is what is read."""
         if self.kind == "text":
             column = self.columns["prompt"]
-            text = _text(location, row, column, allow_empty=False)
-            return Text(text)
-        if self.formatting == "alpaca":
-            return self._read_alpaca(location, row)
-        return self._read_messages(location, row)
+            sample: LFRow = Text(_text(location, row, column, allow_empty=False))
+        elif self.formatting == "alpaca":
+            sample = self._read_alpaca(location, row)
+        else:
+            sample = self._read_messages(location, row)
+        metadata = row.get("metadata")
+        if isinstance(metadata, dict) and metadata and not sample.metadata:
+            sample = replace(sample, metadata={str(k): str(v) for k, v in metadata.items()})
+        return sample
 
     def _system(self, location: Location, row: dict[str, Any]) -> str:
         column = self.columns.get("system")

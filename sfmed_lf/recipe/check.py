@@ -74,6 +74,16 @@ def check_recipe(recipe: Recipe) -> CheckResult:
     def check_path(index: int, value: str, what: str, strict: bool) -> None:
         if value in (".", "..") or "\n" in value:
             return
+        # a directory's digest is the files directly in it: a later stage writing there changes this stage's inputs
+        # after every run, so the recipe would never be done
+        for output, owner in producers.paths:
+            if owner > index and os.path.dirname(output) == _key(value):
+                problem = (
+                    f"stage {names[owner]}: writes {output} into {value}, which stage {names[index]} reads; "
+                    f"{names[index]} would count as changed after every run: write it elsewhere."
+                )
+                if problem not in result.errors:
+                    result.errors.append(problem)
         owners = producers.of_path(value)
         if any(owner < index for owner in owners):
             return

@@ -3,7 +3,9 @@
 A file is its SHA-256 (:func:`sfmed_lf.utils.provenance.file_digest`, which remembers the digests of large files
 per path, size and modification time so that a 15 GB checkpoint is read once; the value is always the content's).
 A directory is the digests of the files directly in it (a model's weights, config and tokenizer; the checkpoints
-of a training run and other subdirectories are not what a later stage reads). A dataset named through
+of a training run and other subdirectories are not what a later stage reads), less the run statistics a training
+writes beside the model (:data:`RUN_STATISTICS`: runtimes, throughput, a dated logging directory), which differ
+between two runs that train the same weights. A dataset named through
 ``dataset_dir`` is its dataset_info.json entry and the digests of its files. Paths that do not exist (hub ids,
 plain words) are not inputs; the stage definition records them as text.
 """
@@ -23,6 +25,17 @@ from sfmed_lf.recipe.stage_io import StepIO, read_values
 from sfmed_lf.utils.provenance import file_digest
 
 MISSING = "missing"
+# written by transformers' Trainer / LLaMA-Factory at the end of a training; their losses follow from the weights
+RUN_STATISTICS = frozenset(
+    {
+        "all_results.json",
+        "train_results.json",
+        "eval_results.json",
+        "trainer_state.json",
+        "trainer_log.jsonl",
+        "training_args.bin",
+    }
+)
 
 
 def path_digest(path: str | os.PathLike[str]) -> str | dict[str, str] | None:
@@ -30,7 +43,11 @@ def path_digest(path: str | os.PathLike[str]) -> str | dict[str, str] | None:
     if target.is_file():
         return file_digest(target)
     if target.is_dir():
-        return {child.name: file_digest(child) for child in sorted(target.iterdir()) if child.is_file()}
+        return {
+            child.name: file_digest(child)
+            for child in sorted(target.iterdir())
+            if child.is_file() and child.name not in RUN_STATISTICS
+        }
     return None
 
 
