@@ -136,9 +136,16 @@ def build_config(cls: type[T], values: dict[str, Any], source: str) -> T:
     if missing:
         raise ConfigError(f"{source}: missing option(s) {', '.join(missing)}.")
     try:
-        return cls(**values)
+        config = cls(**values)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source}: {error}") from error
+    unused = config.unused_options() if hasattr(config, "unused_options") else {}
+    for key, why in unused.items():
+        item = fields[key]
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        if key in values and values[key] != default:
+            raise ConfigError(f"{source}: option {key} does nothing here: {why}; remove it.")
+    return config
 
 
 def load_config(cls: type[T], path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> T:

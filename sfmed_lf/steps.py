@@ -57,6 +57,12 @@ class StepConfig:
 
     renamed_options: ClassVar[dict[str, str]] = {}  # old key -> the key that replaced it (or why it is gone)
 
+    def unused_options(self) -> dict[str, str]:
+        """Options that do nothing with this config's other settings -> why. Given with a value other than their
+        default, they are refused (:func:`sfmed_lf.config_files.build_config`): a setting that silently does nothing
+        is a mistake its user cannot see."""
+        return {}
+
 
 C = TypeVar("C", bound=StepConfig)
 

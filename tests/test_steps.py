@@ -4,6 +4,8 @@ them), speaks one YAML vocabulary, refuses the keys it replaced by naming the ne
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import typing
 from pathlib import Path
 
@@ -120,6 +122,59 @@ def test_old_keys_are_refused_naming_the_new_one(command, step, old, new, capsys
 def test_values_of_the_wrong_type_are_refused_not_coerced(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         load_config(load_stage("data").step("dedup").config, None, [f"output_dir={tmp_path}", *override.split()])
+
+
+UNUSED_IN_MODE = [
+    # (stage, step, the mode, an option that does nothing in it, what the refusal says)
+    ("data", "dedup", [], "tasks=8", "it configures the datatrove engine"),
+    ("data", "dedup", [], "executor=slurm", "it configures the datatrove engine"),
+    ("data", "dedup", ["engine=datatrove"], "num_proc=8", "the native engine's processes"),
+    ("data", "dedup", ["engine=datatrove"], "executor_options={partition: cpu}", "Slurm and Ray executors"),
+    ("data", "dedup", ["engine=datatrove", "executor=slurm"], "workers=4", "datatrove's local executor"),
+    ("pref", "sample", ["policy_url=http://127.0.0.1:9/v1"], "policy_batch_size=8", "the endpoint at policy_url"),
+    ("pref", "sample", ["policy_url=http://127.0.0.1:9/v1"], "infer_backend=vllm", "the endpoint at policy_url"),
+    ("pref", "sample", ["model_name_or_path=m"], "policy_model=sft", "policy_url, which is not set"),
+    ("pref", "sample", ["model_name_or_path=m", "infer_backend=vllm"], "policy_batch_size=4", "vLLM batches"),
+    ("eval", "rouge", ["items=[a.jsonl]"], "judge_model=j", "judge_url, which is not set"),
+    ("eval", "rouge", ["items=[a.jsonl]"], "judge_max_new_tokens=64", "judge_url, which is not set"),
+]
+
+
+@pytest.mark.parametrize(("command", "step", "mode", "option", "why"), UNUSED_IN_MODE)
+def test_options_that_do_nothing_in_the_chosen_mode_are_refused(command, step, mode, option, why, tmp_path):
+    config_class = load_stage(command).step(step).config
+    name = option.split("=")[0]
+    with pytest.raises(ConfigError, match=f"option {name} does nothing here: .*{re.escape(why)}"):
+        load_config(config_class, None, [f"output_dir={tmp_path}", *mode, option])
+    default = dataclasses.fields(config_class)[[f.name for f in dataclasses.fields(config_class)].index(name)]
+    if default.default is not dataclasses.MISSING:  # restating the default is harmless
+        load_config(config_class, None, [f"output_dir={tmp_path}", *mode, f"{name}={json.dumps(default.default)}"])
+
+
+def test_the_same_options_in_the_mode_they_belong_to_are_taken(tmp_path):
+    load_config(
+        load_stage("data").step("dedup").config,
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "engine=datatrove",
+            "executor=slurm",
+            "tasks=8",
+            "executor_options={partition: cpu}",
+        ],
+    )
+    load_config(load_stage("pref").step("sample").config, None, [f"output_dir={tmp_path}", "policy_batch_size=8"])
+    load_config(
+        load_stage("eval").step("rouge").config,
+        None,
+        [f"output_dir={tmp_path}", "judge_url=http://127.0.0.1:9/v1", "judge_model=j", "judge_max_new_tokens=64"],
+    )
+
+
+def test_an_option_that_does_nothing_is_one_line_on_the_command_line(capsys):
+    assert main(["data", "dedup", "output_dir=o", "datasets=[a]", "workers=3"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "option workers does nothing here" in error, error
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_STEPS))

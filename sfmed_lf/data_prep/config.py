@@ -69,6 +69,17 @@ class DedupConfig(StepConfig):
         if self.bands is not None and not 1 <= self.bands <= self.num_perm:
             raise ValueError(f"bands must lie in [1, num_perm={self.num_perm}].")
 
+    def unused_options(self) -> dict[str, str]:
+        if self.engine == "native":
+            why = "it configures the datatrove engine (engine: datatrove)"
+            return dict.fromkeys(("executor", "tasks", "workers", "executor_options"), why)
+        unused = {"num_proc": "the native engine's processes; datatrove runs `tasks` tasks"}
+        if self.executor == "local":
+            unused["executor_options"] = "extra arguments of the Slurm and Ray executors (executor: slurm|ray)"
+        else:
+            unused["workers"] = "processes of datatrove's local executor; Slurm and Ray size their own"
+        return unused
+
     def resolve(self) -> None:
         """``files`` and ``entries`` from the dataset names (or the files given, each row's form inferred)."""
         if self.datasets:

@@ -97,6 +97,13 @@ class EvalConfig(EndpointOptions, StepConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1.")
 
+    def unused_options(self) -> dict[str, str]:
+        if self.judge_url:
+            return {}
+        return dict.fromkeys(
+            ("judge_model", "judge_max_new_tokens"), "it configures the judge at judge_url, which is not set"
+        )
+
     def model(self, label: str) -> ModelSource:
         role = ROLES[label]
         return ModelSource(

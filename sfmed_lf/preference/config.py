@@ -116,6 +116,15 @@ class PreferenceConfig(EndpointOptions, StepConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1.")
 
+    def unused_options(self) -> dict[str, str]:
+        if self.policy_url:
+            why = "it configures the in-process policy; the policy is the endpoint at policy_url"
+            return dict.fromkeys(("infer_backend", "policy_batch_size"), why)
+        unused = {"policy_model": "it names the model at policy_url, which is not set"}
+        if self.infer_backend == "vllm":
+            unused["policy_batch_size"] = "prompts per huggingface generate() call; vLLM batches by itself"
+        return unused
+
     @staticmethod
     def _judge(value: Any) -> Judge:
         if not isinstance(value, dict) or set(value) != {"url", "model"}:
