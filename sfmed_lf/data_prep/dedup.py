@@ -31,7 +31,7 @@ from sfmed_lf.data_prep.minhash import MinHasher, encode
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.datasets import LocalDataset, dataset_from_file
 from sfmed_lf.formats.lf_rows import DatasetEntry, whole_text
-from sfmed_lf.utils.io import atomic_open, atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.io import atomic_open, atomic_write_bytes, atomic_write_text, read_json
 from sfmed_lf.utils.provenance import check_provenance, file_digest
 
 NORMALISATION_VERSION = 3  # bump when normalisation or shingle hashing changes: cached signatures become stale
@@ -283,7 +283,7 @@ class PhaseClock:
         self.last = now
 
     def add_to(self, report_path: Path) -> None:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report = read_json(report_path, "sfmed data dedup")
         report["seconds"] = self.phases
         atomic_write_text(report_path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
 

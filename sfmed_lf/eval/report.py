@@ -8,7 +8,7 @@ from typing import Any
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.eval.config import EvalConfig
-from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text, read_json
 from sfmed_lf.utils.plotting import png_bytes, pyplot
 
 RESULT_FILES = ("rouge", "judge", "mcq")
@@ -39,7 +39,9 @@ def _outcome_table(
 def build_report(config: EvalConfig) -> list[Path]:
     out = Path(config.output_dir)
     results = {
-        name: json.loads((out / f"{name}.json").read_text()) for name in RESULT_FILES if (out / f"{name}.json").exists()
+        name: read_json(out / f"{name}.json", f"sfmed eval {name}")
+        for name in RESULT_FILES
+        if (out / f"{name}.json").exists()
     }
     if not results:
         raise DataError(

@@ -23,7 +23,7 @@ from typing import Any
 from sfmed_lf.errors import DataError
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.pairs import load_pairs, pairs_digest
-from sfmed_lf.utils.io import atomic_write_text, require_file
+from sfmed_lf.utils.io import atomic_write_text, read_json, require_file
 from sfmed_lf.utils.provenance import file_digest
 
 # LF saves the value head beside the model: .safetensors, or .bin with `save_safetensors: false` (transformers 4)
@@ -60,7 +60,7 @@ def train_reward_models(config: PreferenceConfig) -> list[Path]:
         "rm_overrides": config.rm_overrides,
         "data_seed_base": config.data_seed_base,
     }
-    recorded: dict[str, Any] = json.loads(status_path.read_text()) if status_path.exists() else {}
+    recorded: dict[str, Any] = read_json(status_path, "sfmed pref train-rms") if status_path.exists() else {}
     status: dict[str, Any] = recorded.get("models", {})
     if any(entry["status"] == "done" for entry in status.values()) and recorded.get("inputs") != inputs:
         changed = sorted(key for key in inputs if inputs[key] != recorded.get("inputs", {}).get(key))

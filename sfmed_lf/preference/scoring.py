@@ -27,7 +27,7 @@ from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.ensemble import rm_dir, value_head_file
 from sfmed_lf.preference.pairs import load_pairs, pairs_digest
-from sfmed_lf.utils.io import atomic_write_text
+from sfmed_lf.utils.io import atomic_write_text, read_json
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
 
@@ -131,7 +131,7 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
             atomic_write_text(config.out / "score_report.json", json.dumps(report, indent=2) + "\n")
         output.append(record)
     if heldout:
-        report = json.loads((config.out / "score_report.json").read_text())
+        report = read_json(config.out / "score_report.json", "sfmed pref score")
         records = [output.records[str(index)] for index in range(len(models))]
         report["heldout"] = {
             "dataset": config.heldout_dataset,

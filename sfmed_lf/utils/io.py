@@ -5,13 +5,14 @@ never replaces an input: inside :func:`inputs_protected` (every ``sfmed`` step r
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -96,3 +97,16 @@ def atomic_write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_json(path: str | os.PathLike[str], written_by: str = "") -> Any:
+    """A JSON file an earlier step wrote (a report, a status, a database's metadata). A missing, undecodable or
+    invalid file is a :class:`DataError` naming it (JSON errors carry line and column) and the step that writes it."""
+    path = Path(path)
+    hint = f"; `{written_by}` writes it" if written_by else ""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: missing{hint}.") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not a readable JSON file ({error}){hint}.") from error

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sfmed_lf.steps import StepConfig, option
-from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text, read_json
 from sfmed_lf.utils.plotting import png_bytes, pyplot
 
 
@@ -32,10 +32,9 @@ class ReportConfig(StepConfig):
 
 
 def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """An earlier step's JSON output; a stage that did not run leaves its panel empty ("n = 0"), a damaged file is
+    an error naming it."""
+    return read_json(path) if path.exists() else None
 
 
 def _percent(value: float | None) -> str:
