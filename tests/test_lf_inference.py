@@ -3,7 +3,10 @@ and `export`, all with `template: sfmed` on the tiny model."""
 
 from __future__ import annotations
 
+import queue
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -33,16 +36,35 @@ def test_api_serves_the_tiny_model_with_the_sfmed_template(pipeline, tmp_path):
 
 
 def test_chat_cli_answers_with_the_sfmed_template(pipeline):
-    result = subprocess.run(
+    """As a person uses it: a question, the streamed answer, then `exit` once the answer is complete. (Typing `exit`
+    while LLaMA-Factory's generate() thread is still finishing makes the process abort at exit, "terminate called
+    without an active exception", under load: an upstream race, not the template.)"""
+    chat = subprocess.Popen(
         inference_command("chat", pipeline["sft"], "--max_new_tokens", "8"),
-        input="我发烧了\nexit\n",
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env=cli_env(),
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "User:" in result.stdout and "Assistant:" in result.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    errors: list[str] = []
+    threading.Thread(target=lambda: [lines.put(line) for line in chat.stdout], daemon=True).start()
+    threading.Thread(target=lambda: errors.extend(chat.stderr), daemon=True).start()  # LF logs a lot: drain it
+    try:
+        chat.stdin.write("我发烧了\n")
+        chat.stdin.flush()
+        answer = ""
+        while "Assistant:" not in answer:  # the line ends when the streamed answer is complete
+            answer = lines.get(timeout=300)
+        time.sleep(2)
+        chat.stdin.write("exit\n")
+        chat.stdin.close()
+        chat.wait(timeout=120)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, "".join(errors)[-4000:]
+    assert "User:" in answer and "Assistant:" in answer, answer
 
 
 def test_export_writes_the_sfmed_chat_template(pipeline, tmp_path):
