@@ -46,19 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sfmed_lf.formats.lf_rows import dataset_info_entry  # noqa: E402
+from sfmed_lf.hparams import online_merging_off  # noqa: E402
 from sfmed_lf.merging.config import OnlineMergingConfig  # noqa: E402
 from sfmed_lf.utils.plotting import png_bytes, pyplot  # noqa: E402
 
 BIN = Path(sys.executable).parent
-# plain DPO from the online-merging YAML: the method off and its options back to their defaults (an option that does
-# nothing with method none is refused)
-NO_MERGING = (
-    "sfmed_merge_method=none",
-    "sfmed_merge_base_model=null",
-    "sfmed_merge_keep_prob=0.01",
-    "sfmed_merge_alpha=1e-7",
-    "sfmed_merge_rescale=authors",
-)
 
 
 def run(*args: str) -> None:
@@ -292,7 +284,7 @@ def main() -> None:
     for seed in arguments.seeds:
         models = {"SFT": base / "sft"}
         plain = work / f"seed{seed}" / "dpo"
-        dpo(base, work / "pairs", plain, seed, *NO_MERGING, "optim=adamw_torch")
+        dpo(base, work / "pairs", plain, seed, *online_merging_off(), "optim=adamw_torch")
         models["DPO"] = plain
         for setting in arguments.settings:
             keep, alpha = setting.split(":")

@@ -8,7 +8,7 @@ All option names start with ``sfmed_``. The subclasses are swapped into LLaMA-Fa
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from llamafactory.hparams.data_args import DataArguments
@@ -80,6 +80,20 @@ class OnlineMergingArguments:
             rescale=Rescale(self.sfmed_merge_rescale),
             seed=default_seed if self.sfmed_merge_seed is None else self.sfmed_merge_seed,
         )
+
+
+def online_merging_off() -> tuple[str, ...]:
+    """``key=value`` overrides that turn online merging off in a YAML that configures it: ``sfmed_merge_method=none``
+    and every other ``sfmed_merge_*`` option back to its default (one that does nothing with method none is refused).
+    For plain-DPO baselines run from the online-merging YAMLs (tests, benchmarks)."""
+
+    def text(value: object) -> str:
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    return tuple(
+        f"{item.name}={'none' if item.name == 'sfmed_merge_method' else text(item.default)}"
+        for item in fields(OnlineMergingArguments)
+    )
 
 
 @dataclass

@@ -11,21 +11,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from sfmed_lf.hparams import online_merging_off
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # slices of public datasets beside the checkout (SOURCES.md there); tests that read them skip when it is absent
 REALDATA = Path(os.environ.get("SFMED_REALDATA", REPO_ROOT.parent / "shared" / "realdata"))
 VENV_BIN = Path(sys.executable).parent
 
 
-# stock LLaMA-Factory DPO from a YAML that configures online merging: the method off and its options back to their
-# defaults (an option that does nothing with method none is an error)
-NO_MERGING = (
-    "sfmed_merge_method=none",
-    "sfmed_merge_base_model=null",
-    "sfmed_merge_keep_prob=0.01",
-    "sfmed_merge_alpha=1e-7",
-    "sfmed_merge_rescale=authors",
-)
+# stock LLaMA-Factory DPO from a YAML that configures online merging
+NO_MERGING = online_merging_off()
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
