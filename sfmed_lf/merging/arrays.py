@@ -146,7 +146,9 @@ class TorchOps:
 
     @staticmethod
     def kth_smallest(values: torch.Tensor, rank: int) -> float:
-        return float(values.float().kthvalue(rank).values)
+        # half precision widened for kthvalue (exactly); float64 kept as it is (float32 would round the threshold)
+        wide = values if values.dtype == torch.float64 else values.float()
+        return float(wide.kthvalue(rank).values)
 
     @staticmethod
     def greater_equal(values: torch.Tensor, bound: float, out: torch.Tensor) -> torch.Tensor:

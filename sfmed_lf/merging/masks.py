@@ -26,6 +26,8 @@ import math
 import numpy as np
 import torch
 
+from sfmed_lf.merging.kernels import gaps_to_positions
+
 MASK_CHUNK = 1 << 20
 
 
@@ -46,10 +48,7 @@ def _chunk_positions_cpu(length: int, keep_prob: float, key: int) -> np.ndarray:
     parts, next_start = [], 0
     while next_start < length:
         exponentials = generator.standard_exponential(_draw_count(keep_prob, length - next_start))
-        positions = np.multiply(exponentials, scale, out=exponentials).astype(np.int64)
-        positions += 1  # gaps between kept positions: Geometric(p) on 1, 2, ...
-        positions[0] += next_start - 1
-        np.cumsum(positions, out=positions)
+        positions = gaps_to_positions(exponentials, scale, next_start)  # gaps: Geometric(p) on 1, 2, ...
         parts.append(positions)
         next_start = int(positions[-1]) + 1
     positions = parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -32,11 +32,21 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from sfmed_lf.merging import kernels
 from sfmed_lf.merging.arrays import Array, Ops, ops_for
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
 from sfmed_lf.merging.layout import Segment, checkpoint_name, dtensor_segments, whole_parameter
 from sfmed_lf.merging.sparse_delta import SparseDelta
-from sfmed_lf.merging.sparsify import TopK, elect_signs, keep_count, kept_positions, rescale_factor, top_k
+from sfmed_lf.merging.sparsify import (
+    DenseMagnitudes,
+    TopK,
+    candidate_bound,
+    elect_signs,
+    keep_count,
+    kept_positions,
+    rescale_factor,
+    top_k,
+)
 from sfmed_lf.merging.task_vector import TaskVectorSource
 
 
@@ -104,16 +114,21 @@ def merge_adam_step_(
         _merge_dense_(param, exp_avg, exp_avg_sq, tau, config, step_size, bias_correction2_sqrt, eps, scratch)
         return
     ops = ops_for(param)
-    merge = _SparseMerge(ops, exp_avg, exp_avg_sq, config, step_size, bias_correction2_sqrt, eps, scratch)
-    tau_positions, tau_values = tau.positions(ops), tau.arrays(ops)[3]
+    param_values = ops.view(param)
+    merge = _SparseMerge(ops, param_values, exp_avg, exp_avg_sq, config, step_size, bias_correction2_sqrt, eps, scratch)
+    bases, counts, low_positions, tau_values = tau.arrays(ops)
+    # OnDARE's fused path needs no positions of tau' (it adds tau' from its chunked form)
+    fused_ondare = merge.fused and config.method is MergeMethod.ONDARE
+    tau_positions = None if fused_ondare else tau.positions(ops)
     for segment in segments:
         merge.add_segment(segment, update_stream(step), tau_positions, tau_values)
-    positions, values = merge.update()
-    param_values = ops.view(param)
-    ops.add_at_(param_values, positions, ops.astype(values, param_values))
-    if config.alpha:
-        tau_update = merge.drop_tau_losers_(tau_values * config.alpha)
-        ops.add_at_(param_values, tau_positions, ops.astype(tau_update, param_values))
+    if not config.alpha or merge.tau_added:
+        return
+    if fused_ondare:
+        kernels.add_chunked_(param_values, bases, counts, low_positions, tau_values, config.alpha)
+        return
+    tau_update = merge.drop_tau_losers_(tau_values * config.alpha)
+    ops.add_at_(param_values, tau_positions, ops.astype(tau_update, param_values))
 
 
 def _merge_dense_(
@@ -141,13 +156,17 @@ def _merge_dense_(
 
 
 class _SparseMerge:
-    """delta' = rescale * sparsify(delta) as (ascending positions, values), segment by segment, on an ``ops``
+    """theta += (1 - alpha) * delta' with delta' = rescale * sparsify(delta), segment by segment, on an ``ops``
     backend (``arrays.py``); for OnTIES, also the sign election against tau': entries of delta' that lose it are
-    zeroed, those of tau' are marked."""
+    dropped, those of tau' are marked (tau' is added afterwards, by the caller).
+
+    On CPU numpy views (float32/float64), |delta|, the selection above a bound and OnDARE's update are fused loops
+    (``kernels.py``); elsewhere (CUDA, half precision) they are torch operations."""
 
     def __init__(
         self,
         ops: Ops,
+        param: Array,
         exp_avg: torch.Tensor,
         exp_avg_sq: torch.Tensor,
         config: OnlineMergingConfig,
@@ -156,30 +175,40 @@ class _SparseMerge:
         eps: float,
         scratch: Scratch,
     ) -> None:
-        self.ops, self.config, self.device = ops, config, exp_avg.device
+        self.ops, self.param, self.config, self.device = ops, param, config, exp_avg.device
         self.exp_avg, self.exp_avg_sq = ops.view(exp_avg), ops.view(exp_avg_sq)
         self.step_size, self.bias_correction2_sqrt, self.eps = step_size, bias_correction2_sqrt, eps
         self.onties = config.method is MergeMethod.ONTIES
         self.rescale = config.applied_rescale
+        # fused loops on CPU numpy views; the L1 rescale (norms of every kept entry before the election) stays unfused
+        self.fused = ops.name == "numpy" and self.rescale is not Rescale.L1
         self.magnitudes = self.above_mask = None
         if self.onties or self.rescale is Rescale.L1:  # |delta| * bc1 / lr densely, to rank or to sum
             self.magnitudes = ops.view(scratch.like(exp_avg_sq))
             ops.sqrt(self.exp_avg_sq, out=self.magnitudes)  # AdamW's arithmetic, as in adam_denominator
-            self.magnitudes /= bias_correction2_sqrt
-            self.magnitudes += eps
-            ops.divide(self.exp_avg, self.magnitudes, out=self.magnitudes)
-            ops.abs_(self.magnitudes)
-            self.above_mask = ops.view(scratch.take(exp_avg.numel(), torch.bool, exp_avg.device))
-        self.positions: list[Array] = []
-        self.values: list[Array] = []
+            if self.fused:
+                kernels.magnitudes_from_roots_(self.exp_avg, self.magnitudes, bias_correction2_sqrt, eps)
+            else:
+                self.magnitudes /= bias_correction2_sqrt
+                self.magnitudes += eps
+                ops.divide(self.exp_avg, self.magnitudes, out=self.magnitudes)
+                ops.abs_(self.magnitudes)
+                self.above_mask = ops.view(scratch.take(exp_avg.numel(), torch.bool, exp_avg.device))
         self.tau_losers: list[Array] = []
+        self.tau_added = False  # the fused OnTIES path adds tau' segment by segment
+
+    def _segment_magnitudes(self, segment: Segment) -> DenseMagnitudes:
+        window = slice(segment.start, segment.start + segment.length)
+        return DenseMagnitudes(self.ops, self.magnitudes[window], None if self.fused else self.above_mask[window])
 
     def add_segment(self, segment: Segment, stream: str, tau_positions: Array, tau_values: Array) -> None:
-        ops = self.ops
+        ops, alpha = self.ops, self.config.alpha
+        if self.onties and self.fused:
+            self._add_onties_fused(segment, tau_positions, tau_values)
+            return
         if self.onties:
-            window = slice(segment.start, segment.start + segment.length)
-            k = keep_count(segment.length, self.config.keep_prob)
-            selection = top_k(ops, self.magnitudes[window], k, self.above_mask[window])
+            magnitudes = self._segment_magnitudes(segment)
+            selection = top_k(magnitudes, keep_count(segment.length, self.config.keep_prob))
             positions = selection.positions + segment.start if segment.start else selection.positions
             kept_magnitudes = selection.values
         else:
@@ -195,7 +224,20 @@ class _SparseMerge:
             positions = ops.view(mask) + segment.start if segment.start else ops.view(mask)
             kept_magnitudes = None if self.magnitudes is None else ops.take(self.magnitudes, positions)
         scale = rescale_factor(self.config, *self._l1_norms(segment, kept_magnitudes))
+        factor = -self.step_size * scale * (1.0 - alpha)  # (1 - alpha) * delta' = factor * m / (sqrt(v) ...)
         if kept_magnitudes is None:  # OnDARE: delta at the kept positions only
+            if self.fused:
+                kernels.add_update_at_(
+                    self.param,
+                    self.exp_avg,
+                    ops.sqrt(ops.take(self.exp_avg_sq, positions)),
+                    ops.view(mask),
+                    segment.start,
+                    self.bias_correction2_sqrt,
+                    self.eps,
+                    factor,
+                )
+                return
             denominator = ops.sqrt(ops.take(self.exp_avg_sq, positions))
             denominator /= self.bias_correction2_sqrt
             denominator += self.eps
@@ -203,11 +245,32 @@ class _SparseMerge:
             values /= denominator
         else:
             if self.onties and len(tau_positions):
-                self._elect(segment, selection, kept_magnitudes, scale, tau_positions, tau_values)
+                self._elect(segment, selection, magnitudes, kept_magnitudes, scale, tau_positions, tau_values)
             values = ops.copysign(kept_magnitudes, ops.take(self.exp_avg, positions))
-        values *= -self.step_size * scale * (1.0 - self.config.alpha)  # (1 - alpha) * delta', ready to add
-        self.positions.append(positions)
-        self.values.append(values)
+        values *= factor
+        ops.add_at_(self.param, positions, ops.astype(values, self.param))
+
+    def _add_onties_fused(self, segment: Segment, tau_positions: Array, tau_values: Array) -> None:
+        """The steps of the OnTIES branch of :meth:`add_segment`, then tau' on this segment, in one fused call."""
+        start, end = segment.start, segment.start + segment.length
+        window = slice(start, end)
+        magnitudes = self.magnitudes[window]
+        k = keep_count(segment.length, self.config.keep_prob)
+        low, high = self.ops.index_range(tau_positions, start, end)
+        scale = rescale_factor(self.config, None, None)
+        kernels.merge_onties_(
+            magnitudes,
+            self.exp_avg[window],
+            self.param[window],
+            k,
+            candidate_bound(DenseMagnitudes(self.ops, magnitudes), k),
+            tau_positions[low:high] - start,
+            tau_values[low:high],
+            vote_factor=-self.step_size * scale,
+            update_factor=-self.step_size * scale * (1.0 - self.config.alpha),
+            alpha=self.config.alpha,
+        )
+        self.tau_added = True
 
     def _l1_norms(self, segment: Segment, kept_magnitudes: Array | None) -> tuple[float | None, float | None]:
         if self.rescale is not Rescale.L1:
@@ -219,6 +282,7 @@ class _SparseMerge:
         self,
         segment: Segment,
         selection: TopK,
+        magnitudes: DenseMagnitudes,
         kept_magnitudes: Array,
         scale: float,
         tau_positions: Array,
@@ -231,8 +295,8 @@ class _SparseMerge:
         if low == high:
             return
         at = tau_positions[low:high]
-        magnitudes_at = ops.take(self.magnitudes, at)
         relative = at - segment.start if segment.start else at
+        magnitudes_at = magnitudes.at(relative)
         both = ops.flatnonzero(selection.contains(relative, magnitudes_at))
         if not len(both):
             return
@@ -242,9 +306,6 @@ class _SparseMerge:
         losers = ops.take(ops.take(relative, both), ops.flatnonzero(update_disagrees))
         kept_magnitudes[ops.searchsorted(selection.positions, losers)] = 0
         self.tau_losers.append(both[~tau_agrees] + low)
-
-    def update(self) -> tuple[Array, Array]:
-        return self.ops.concat(self.positions), self.ops.concat(self.values)
 
     def drop_tau_losers_(self, tau_values: Array) -> Array:
         """``tau_values`` (a copy) with the entries that lost an election zeroed."""

@@ -21,9 +21,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
+from sfmed_lf.merging import kernels
 from sfmed_lf.merging.arrays import Array, Ops, ops_for
 from sfmed_lf.merging.config import MergeMethod, OnlineMergingConfig, Rescale
 from sfmed_lf.merging.masks import bernoulli_positions
@@ -53,18 +55,68 @@ def _sample_stride(numel: int) -> int:
     return stride
 
 
-def _lower_bound_of_kth_largest(magnitudes: Array, k: int, ops: Ops) -> float:
-    numel = len(magnitudes)
+class Magnitudes(Protocol):
+    """Non-negative values of a 1-D slice that :func:`top_k` ranks, read where it asks."""
+
+    ops: Ops
+
+    def __len__(self) -> int: ...
+
+    def at(self, positions: Array) -> Array:
+        """The values at ``positions``."""
+
+    def strided(self, start: int, stride: int) -> Array:
+        """The values at start, start + stride, ... (a sample)."""
+
+    def above(self, bound: float) -> tuple[Array, Array]:
+        """Ascending positions and values of the entries >= ``bound``."""
+
+    def all(self) -> Array:
+        """Every value, in order."""
+
+
+class DenseMagnitudes:
+    """A dense 1-D array of the ``ops`` backend; ``above_mask``: an optional bool buffer of its size, to spare an
+    allocation (torch)."""
+
+    def __init__(self, ops: Ops, values: Array, above_mask: Array | None = None) -> None:
+        self.ops, self.values, self.above_mask = ops, values, above_mask
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def at(self, positions: Array) -> Array:
+        return self.ops.take(self.values, positions)
+
+    def strided(self, start: int, stride: int) -> Array:
+        return self.values[start::stride]
+
+    def above(self, bound: float) -> tuple[Array, Array]:
+        if self.ops.name == "numpy":
+            return kernels.select_above(self.values, bound)
+        candidates = self.ops.flatnonzero(self.ops.greater_equal(self.values, bound, out=self.above_mask))
+        return candidates, self.ops.take(self.values, candidates)
+
+    def all(self) -> Array:
+        return self.values
+
+
+def candidate_bound(magnitudes: Magnitudes, k: int) -> float:
+    """A lower bound of the k-th largest value, below which no entry needs to be looked at again; -inf where
+    sampling does not pay (small tensors, k = n)."""
+    if k >= len(magnitudes) or len(magnitudes) < 4 * SAMPLE_SIZE:
+        return -math.inf
+    return _lower_bound_of_kth_largest(magnitudes, k)
+
+
+def _lower_bound_of_kth_largest(magnitudes: Magnitudes, k: int) -> float:
+    ops, numel = magnitudes.ops, len(magnitudes)
     stride = _sample_stride(numel)
-    sample = magnitudes[stride // 2 :: stride]
+    sample = magnitudes.strided(stride // 2, stride)
     size = len(sample)
     quantile = 1.0 - k / numel
     margin = BOUND_SIGMAS * math.sqrt(max(quantile * (1.0 - quantile), 1.0 / size) / size)
     bound_quantile = quantile - margin
-    if ops.name == "numpy" and 0.9 < bound_quantile <= 0.955:
-        # numpy's flatnonzero runs a branch-free loop above ~10 % density, 2.5x faster than at 5 %: more
-        # candidates, fewer cycles
-        bound_quantile = 0.9
     rank = min(size, math.floor(bound_quantile * size))
     return ops.kth_smallest(sample, rank) if rank >= 1 else -math.inf
 
@@ -88,25 +140,23 @@ class TopK:
         return (values > self.threshold) | ((values == self.threshold) & (positions <= self.last_tie))
 
 
-def top_k(ops: Ops, magnitudes: Array, k: int, above_mask: Array | None = None) -> TopK:
-    """Exactly ``k`` largest entries of the 1-D array ``magnitudes`` (of the ``ops`` backend); among entries equal to
-    the k-th largest, the lowest positions win (Adam's first step makes most |delta| equal to lr, and bf16 ties
-    often). ``above_mask``: an optional bool buffer of the same size, to spare an allocation.
+def top_k(magnitudes: Magnitudes, k: int) -> TopK:
+    """Exactly ``k`` largest of ``magnitudes``; among entries equal to the k-th largest, the lowest positions win
+    (Adam's first step makes most |delta| equal to lr, and bf16 ties often).
 
     The reference argsorts every tensor at every step. Here only the entries above a sampled lower bound of the k-th
     largest value (k plus a few per mille of n) are gathered, and the k-th largest is selected among them."""
-    values = magnitudes
-    numel = len(values)
+    ops, numel = magnitudes.ops, len(magnitudes)
     if k >= numel:
+        values = magnitudes.all()
         return TopK(ops.arange(numel, values), values[:], -math.inf, numel - 1, True)
-    candidates = None
-    if numel >= 4 * SAMPLE_SIZE:
-        bound = _lower_bound_of_kth_largest(values, k, ops)
-        candidates = ops.flatnonzero(ops.greater_equal(values, bound, out=above_mask))
+    candidates, bound = None, candidate_bound(magnitudes, k)
+    if bound > -math.inf:
+        candidates, values = magnitudes.above(bound)
         if len(candidates) < k:  # the bound missed: select among all entries
             candidates = None
-        else:
-            values = ops.take(values, candidates)
+    if candidates is None:
+        values = magnitudes.all()
     threshold = ops.kth_smallest(values, len(values) - k + 1)
     at_least = values >= threshold
     surplus = ops.count_nonzero(at_least) - k  # entries equal to the threshold beyond the k-th place
@@ -127,7 +177,7 @@ def top_k(ops: Ops, magnitudes: Array, k: int, above_mask: Array | None = None) 
 def top_k_positions(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     """Ascending positions of exactly ``k`` largest entries of a 1-D tensor (see :func:`top_k`)."""
     ops = ops_for(magnitudes)
-    return ops.as_tensor(top_k(ops, ops.view(magnitudes), k).positions)
+    return ops.as_tensor(top_k(DenseMagnitudes(ops, ops.view(magnitudes)), k).positions)
 
 
 def kept_positions(
