@@ -3,10 +3,12 @@
 Through numpy, each stage of a sparse step is a pass over memory of its own: OnTIES's |delta| alone is five dense
 passes (sqrt, divide, add, divide, abs), then a comparison, a nonzero and gathers; OnDARE's update is two gathers, three
 arithmetic passes and a scatter. Here each is one loop that reads every input once. The arithmetic is AdamW's, in
-its order and in the tensors' dtype (scalars are passed in that dtype, as numpy and torch cast a Python float), and
-square roots are torch's (its float32 ``sqrt`` on the CPU is not correctly rounded: it differs from numpy's and
-numba's in the last bit for ~1 entry in 6, and AdamW uses it), so the results are bit for bit those of the numpy/torch
-path (``tests/test_online_merging_masks.py`` compares them).
+its order and in the tensors' dtype (scalars are passed in that dtype, as numpy and torch cast a Python float).
+torch's ``sqrt`` on the CPU is not correctly rounded (it differs from numpy's and numba's in the last bit for ~1
+float32 entry in 6, ~1 float64 entry in 80, and AdamW uses it). OnTIES ranks magnitudes, where one ulp can change
+the kept set, so its loops take torch's roots and are bit for bit the numpy/torch path; OnDARE's loop takes numba's
+correctly rounded root, saving a gather and a pass, and agrees with that path to the last bit of the root
+(``tests/test_online_merging_masks.py`` compares them).
 No ``fastmath`` (reassociation would change the rounding); numpy's error model (x / 0 is inf, not an exception),
 without which the arithmetic loops do not vectorize (8x slower). Single-threaded, as the optimizer step around it is.
 """
@@ -160,27 +162,30 @@ def merge_onties_(
 
 
 @numba.njit(cache=True, boundscheck=False, error_model="numpy")
-def _add_update_at(param, exp_avg, roots, positions, start, bc2, eps, factor):  # noqa: ANN001, ANN202
+def _add_update_at(param, exp_avg, exp_avg_sq, positions, start, bc2, eps, factor):  # noqa: ANN001, ANN202
     for i in range(len(positions)):
         j = positions[i] + start
-        update = exp_avg[j] / (roots[i] / bc2 + eps)
+        update = exp_avg[j] / (np.sqrt(exp_avg_sq[j]) / bc2 + eps)
         param[j] += update * factor
 
 
 def add_update_at_(
     param: np.ndarray,
     exp_avg: np.ndarray,
-    roots: np.ndarray,
+    exp_avg_sq: np.ndarray,
     positions: np.ndarray,
     start: int,
     bias_correction2_sqrt: float,
     eps: float,
     factor: float,
 ) -> None:
-    """param[start + positions] += factor * m / (roots / bc2 + eps) at the given (unique) positions, where roots =
-    torch.sqrt(v) at them: one pass (numpy: a gather, three arithmetic passes and a scatter)."""
+    """param[start + positions] += factor * m / (sqrt(v) / bc2 + eps) at the given (unique) positions: one pass
+    (numpy: two gathers, a square root, three arithmetic passes and a scatter). The square root is correctly rounded
+    (numpy's), where torch's float32 one on the CPU is off by one ulp for ~1 entry in 6: OnDARE selects nothing by
+    magnitude, so this moves its update by at most that rounding, while the torch path (CUDA) has roots of its own."""
     dtype = exp_avg.dtype.type
-    _add_update_at(param, exp_avg, roots, positions, start, dtype(bias_correction2_sqrt), dtype(eps), dtype(factor))
+    bc2, eps, factor = dtype(bias_correction2_sqrt), dtype(eps), dtype(factor)
+    _add_update_at(param, exp_avg, exp_avg_sq, positions, start, bc2, eps, factor)
 
 
 @numba.njit(cache=True, boundscheck=False, error_model="numpy")

@@ -221,16 +221,12 @@ class _SparseMerge:
                 param_numel=segment.param_numel,
                 device=self.device,
             )
-            positions = ops.view(mask) + segment.start if segment.start else ops.view(mask)
-            kept_magnitudes = None if self.magnitudes is None else ops.take(self.magnitudes, positions)
-        scale = rescale_factor(self.config, *self._l1_norms(segment, kept_magnitudes))
-        factor = -self.step_size * scale * (1.0 - alpha)  # (1 - alpha) * delta' = factor * m / (sqrt(v) ...)
-        if kept_magnitudes is None:  # OnDARE: delta at the kept positions only
-            if self.fused:
+            if self.fused:  # OnDARE with a rescale that needs no norms: one fused pass
+                factor = -self.step_size * rescale_factor(self.config, None, None) * (1.0 - alpha)
                 kernels.add_update_at_(
                     self.param,
                     self.exp_avg,
-                    ops.sqrt(ops.take(self.exp_avg_sq, positions)),
+                    self.exp_avg_sq,
                     ops.view(mask),
                     segment.start,
                     self.bias_correction2_sqrt,
@@ -238,6 +234,11 @@ class _SparseMerge:
                     factor,
                 )
                 return
+            positions = ops.view(mask) + segment.start if segment.start else ops.view(mask)
+            kept_magnitudes = None if self.magnitudes is None else ops.take(self.magnitudes, positions)
+        scale = rescale_factor(self.config, *self._l1_norms(segment, kept_magnitudes))
+        factor = -self.step_size * scale * (1.0 - alpha)  # (1 - alpha) * delta' = factor * m / (sqrt(v) ...)
+        if kept_magnitudes is None:  # OnDARE: delta at the kept positions only
             denominator = ops.sqrt(ops.take(self.exp_avg_sq, positions))
             denominator /= self.bias_correction2_sqrt
             denominator += self.eps
