@@ -108,7 +108,7 @@ def field_type_name(annotation: Any) -> str:
     if origin is typing.Literal:
         return " | ".join(repr(arg) for arg in typing.get_args(annotation))
     if origin is not None:
-        args = ", ".join(field_type_name(arg) for arg in typing.get_args(annotation))
+        args = ", ".join("..." if arg is Ellipsis else field_type_name(arg) for arg in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
