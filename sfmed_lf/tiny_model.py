@@ -89,7 +89,7 @@ def _help(text: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class TinyModelSpec:
     tokenizer: str = field(default="char", metadata=_help("char (one token per character) or bpe (byte-level BPE)"))
-    corpus: tuple[str, ...] = field(
+    corpus: tuple[str, ...] | str = field(
         default=(), metadata=_help("text files or directories of .txt/.json/.jsonl the tokenizer is built from")
     )
     vocab_size: int | None = field(
