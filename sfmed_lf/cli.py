@@ -1,5 +1,6 @@
 """``sfmed``: the SF-Med steps that are not ``llamafactory-cli train``, built from the step registry
-(:mod:`sfmed_lf.steps`). ``sfmed STAGE STEP -h`` lists every option of a step with its type, default and help."""
+(:mod:`sfmed_lf.steps`). ``sfmed STAGE STEP -h`` (``sfmed tiny-model -h``) lists every option of a step with its
+type, default and help."""
 
 from __future__ import annotations
 
@@ -8,8 +9,27 @@ import sys
 from typing import Any
 
 from sfmed_lf.config_files import ConfigError, build_config, load_config
-from sfmed_lf.errors import DataError, EndpointError
-from sfmed_lf.steps import STAGES, Step, add_argument_step, argument_values, load_stage, options_help
+from sfmed_lf.errors import DataError, EndpointError, ProblemsFound
+from sfmed_lf.steps import (
+    STAGES,
+    TOP_LEVEL_STEPS,
+    Step,
+    add_argument_step,
+    argument_values,
+    load_stage,
+    load_top_level_step,
+    options_help,
+)
+
+
+def _add_step(commands: Any, step: Step[Any]) -> None:
+    parser = commands.add_parser(
+        step.name, help=step.help, description=step.help, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if step.yaml:
+        _add_yaml_step(parser, step.config, f"the {step.name} step")
+    else:
+        add_argument_step(parser, step)
 
 
 def _add_yaml_step(parser: argparse.ArgumentParser, config_class: type, help_text: str) -> None:
@@ -53,23 +73,15 @@ def _recipe(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfmed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("doctor", help="versions, and whether each LLaMA-Factory hook is active")
-    tiny = commands.add_parser("tiny-model", help="build the embedded tiny Qwen2 model and tokenizer (offline)")
-    tiny.add_argument("config", nargs="?", help="YAML with output_dir and model sizes (all optional)")
-    tiny.add_argument("overrides", nargs="*", metavar="key=value", help="options overriding the YAML")
+    for command in TOP_LEVEL_STEPS:
+        _add_step(commands, load_top_level_step(command))
     _add_recipe_commands(commands)
     for command, (_, stage_help) in STAGES.items():
         stage_parser = commands.add_parser(command, help=stage_help)
         steps = stage_parser.add_subparsers(dest="step", required=True)
         stage = load_stage(command)
         for step in stage.steps:
-            step_parser = steps.add_parser(
-                step.name, help=step.help, description=step.help, formatter_class=argparse.RawDescriptionHelpFormatter
-            )
-            if step.yaml:
-                _add_yaml_step(step_parser, step.config, f"the {step.name} step")
-            else:
-                add_argument_step(step_parser, step)
+            _add_step(steps, step)
         if stage.sequence:
             all_parser = steps.add_parser(
                 "all",
@@ -95,21 +107,11 @@ def _run_step(prefix: str, step: Step[Any], config: Any) -> None:
         print(f"{prefix}: wrote {path}")
 
 
-def _tiny_model(args: argparse.Namespace) -> int:
-    from sfmed_lf.tiny_model import TinyModelConfig, build_tiny_model
-
-    config = load_config(TinyModelConfig, args.config, args.overrides)
-    print(f"tiny SF-Med model written to {build_tiny_model(config.output_dir, config)}")
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.command == "doctor":
-        from sfmed_lf.doctor import run_doctor
-
-        return run_doctor()
-    if args.command == "tiny-model":
-        return _tiny_model(args)
+    if args.command in TOP_LEVEL_STEPS:
+        step = load_top_level_step(args.command)
+        _run_step(f"sfmed {args.command}", step, _config(step, args))
+        return 0
     if args.command == "recipe":
         return _recipe(args)
     stage = load_stage(args.command)
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, EndpointError) as error:
         print(f"sfmed {where}: {error}", file=sys.stderr)
         return 2
+    except ProblemsFound as error:  # a check step printed what it found
+        print(f"sfmed {where}: {error}", file=sys.stderr)
+        return 1
     except OSError as error:  # a disk or permission problem: name the file, no traceback
         name = f" {error.filename}" if error.filename else ""
         print(f"sfmed {where}:{name} {error.strerror or error}", file=sys.stderr)

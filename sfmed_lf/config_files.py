@@ -60,41 +60,58 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return loaded or {}
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def type_problem(value: Any, annotation: Any) -> str | None:
-    """Why ``value`` is not of type ``annotation`` (None when it is)."""
+    """Why ``value`` is not of type ``annotation`` (None when it is). Lists, tuples (a JSON or YAML list; fixed
+    length unless ``tuple[X, ...]``) and mappings are checked item by item."""
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return None
     if origin in (typing.Union, types.UnionType):
         problems = [type_problem(value, arg) for arg in typing.get_args(annotation)]
-        return None if None in problems else f"{value!r} is not {field_type_name(annotation)}"
+        return None if None in problems else f"{_shown(value)} is not {field_type_name(annotation)}"
     if origin is typing.Literal:
         choices = typing.get_args(annotation)
-        return None if value in choices else f"{value!r} is not one of {', '.join(map(repr, choices))}"
+        return None if value in choices else f"{_shown(value)} is not one of {', '.join(map(repr, choices))}"
     if annotation is type(None):
         return None if value is None else "not null"
-    if origin is list:
-        if not isinstance(value, list):
-            return f"{value!r} is not a list"
-        (item_type,) = typing.get_args(annotation) or (Any,)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return f"{_shown(value)} is not a list"
+        item_types = typing.get_args(annotation) or (Any,)
+        fixed = origin is tuple and item_types[-1] is not Ellipsis  # tuple[X, Y]: one type per item
+        if fixed and len(value) != len(item_types):
+            return f"{_shown(value)} is not a list of {len(item_types)}"
         for index, item in enumerate(value):
-            problem = type_problem(item, item_type)
+            problem = type_problem(item, item_types[index] if fixed else item_types[0])
             if problem:
                 return f"item {index}: {problem}"
         return None
     if origin is dict:
-        return None if isinstance(value, dict) else f"{value!r} is not a mapping"
+        if not isinstance(value, dict):
+            return f"{_shown(value)} is not a mapping"
+        key_type, item_type = typing.get_args(annotation) or (Any, Any)
+        for key, item in value.items():
+            problem = type_problem(key, key_type) or type_problem(item, item_type)
+            if problem:
+                return f"item {_shown(key)}: {problem}"
+        return None
     if annotation is bool:
-        return None if isinstance(value, bool) else f"{value!r} is not true or false"
+        return None if isinstance(value, bool) else f"{_shown(value)} is not true or false"
     if annotation is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else f"{value!r} is not an integer"
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"{_shown(value)} is not an integer"
     if annotation is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return None if ok else f"{value!r} is not a number"
+        return None if ok else f"{_shown(value)} is not a number"
     if annotation is str:
-        return None if isinstance(value, str) else f"{value!r} is not text"
+        return None if isinstance(value, str) else f"{_shown(value)} is not text"
     if isinstance(annotation, type) and not isinstance(value, annotation):
-        return f"{value!r} is not {annotation.__name__}"
+        return f"{_shown(value)} is not {annotation.__name__}"
     return None
 
 
@@ -108,7 +125,7 @@ def field_type_name(annotation: Any) -> str:
     if origin is typing.Literal:
         return " | ".join(repr(arg) for arg in typing.get_args(annotation))
     if origin is not None:
-        args = ", ".join(field_type_name(arg) for arg in typing.get_args(annotation))
+        args = ", ".join("..." if arg is Ellipsis else field_type_name(arg) for arg in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 

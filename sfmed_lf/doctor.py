@@ -1,4 +1,6 @@
-"""``sfmed doctor``: versions, and whether each LLaMA-Factory hook is active in this environment, and why not."""
+"""``sfmed doctor``: versions, and whether each LLaMA-Factory hook is active in this environment, and why not. A step
+of the registry (:data:`sfmed_lf.steps.TOP_LEVEL_STEPS`) that writes nothing: it prints its report, and exits 1 when
+it found problems."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ import importlib.metadata
 import os
 import site
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from sfmed_lf import __version__, _bootstrap, integration
+from sfmed_lf.errors import ProblemsFound
+from sfmed_lf.steps import Step, StepConfig
 
 PACKAGES = (
     "llamafactory",
@@ -80,3 +85,21 @@ def run_doctor() -> int:
     lines += [f"  - {problem}" for problem in problems]
     print("\n".join(lines))
     return 1 if problems else 0
+
+
+@dataclass
+class DoctorConfig(StepConfig):
+    """``sfmed doctor`` takes no options."""
+
+
+class Doctor(Step[DoctorConfig]):
+    name, config, yaml = "doctor", DoctorConfig, False
+    help = "versions, and whether each LLaMA-Factory hook is active (exit 1 when one is not)"
+
+    def run(self, config: DoctorConfig) -> list[Path]:
+        if run_doctor():
+            raise ProblemsFound("problems found (listed above).")
+        return []
+
+
+STEP = Doctor()

@@ -14,3 +14,8 @@ class DataError(ValueError):
 
 class EndpointError(RuntimeError):
     """A chat endpoint failed after all retries, or answered something that is not a chat completion."""
+
+
+class ProblemsFound(Exception):
+    """A step that checks something (``sfmed doctor``) printed its report and found problems: the command exits 1
+    (not 2: the input was fine, what it checked is not)."""

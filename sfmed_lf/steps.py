@@ -3,8 +3,10 @@
 A step is a config dataclass whose fields carry their help text (:func:`option`) and a :class:`Step` whose
 ``run(config)`` returns the paths it wrote. A stage (``data``, ``pref``, ``eval``, ``privacy``, …) is a module that
 defines ``STAGE = Stage(...)`` with its steps; :data:`STAGES` maps each ``sfmed`` subcommand to that module, so a
-new stage package adds one line here and nothing else. The command line (``sfmed_lf/cli.py``) imports a stage's
-module only when that stage is run or asked for ``-h``.
+new stage package adds one line here and nothing else. A step that is a command of its own (``sfmed tiny-model``,
+``sfmed doctor``) is a module defining ``STEP``, listed in :data:`TOP_LEVEL_STEPS`; it has the same shape, and
+``sfmed NAME -h`` lists its options as ``sfmed STAGE STEP -h`` does. The command line (``sfmed_lf/cli.py``) and the
+recipe (``sfmed_lf/recipe/stage_io.py``) know the steps through these two registries only.
 
 Two kinds of step:
 
@@ -41,6 +43,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "eval": ("sfmed_lf.eval.steps", "compare two models: Rouge-L, judge scores, multiple choice"),
     "privacy": ("sfmed_lf.privacy.steps", "memorization audit and the high-risk database of the guard"),
     "world": ("sfmed_lf.world.steps", "the generated medical world of SF-Med-Tiny: datasets, judge, measures, report"),
+}
+TOP_LEVEL_STEPS: dict[str, str] = {
+    # `sfmed NAME ...`: the module defining STEP (its help is the step's)
+    "tiny-model": "sfmed_lf.tiny_model",
+    "doctor": "sfmed_lf.doctor",
 }
 
 
@@ -119,6 +126,10 @@ class Stage:
 def load_stage(command: str) -> Stage:
     module, _ = STAGES[command]
     return importlib.import_module(module).STAGE
+
+
+def load_top_level_step(command: str) -> Step[Any]:
+    return importlib.import_module(TOP_LEVEL_STEPS[command]).STEP
 
 
 def scalar_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:

@@ -30,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sfmed_lf.steps import Step, StepConfig
+
 # Qwen2/2.5's special tokens, in their vocabulary order.
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -87,18 +89,18 @@ def _help(text: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class TinyModelSpec:
     tokenizer: str = field(default="char", metadata=_help("char (one token per character) or bpe (byte-level BPE)"))
-    corpus: tuple[str, ...] = field(
+    corpus: tuple[str, ...] | str = field(
         default=(), metadata=_help("text files or directories of .txt/.json/.jsonl the tokenizer is built from")
     )
     vocab_size: int | None = field(
         default=None, metadata=_help("bpe: vocabulary to train; char: embedding rows (default: tokens, rounded up)")
     )
-    hidden_size: int = 192
-    intermediate_size: int = 512
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 6
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 2048
+    hidden_size: int = field(default=192, metadata=_help("width of the model (a multiple of num_attention_heads)"))
+    intermediate_size: int = field(default=512, metadata=_help("width of each MLP"))
+    num_hidden_layers: int = field(default=4, metadata=_help("transformer layers"))
+    num_attention_heads: int = field(default=6, metadata=_help("query heads (a multiple of num_key_value_heads)"))
+    num_key_value_heads: int = field(default=2, metadata=_help("key/value heads (grouped-query attention)"))
+    max_position_embeddings: int = field(default=2048, metadata=_help("longest sequence, in tokens"))
     seed: int = field(default=0, metadata=_help("seed of the random initial weights"))
 
     def __post_init__(self) -> None:
@@ -125,13 +127,24 @@ class TinyModelSpec:
 
 
 @dataclass(frozen=True)
-class TinyModelConfig(TinyModelSpec):
+class TinyModelConfig(TinyModelSpec, StepConfig):
     """``sfmed tiny-model`` YAML: the spec plus where to write the model."""
 
     output_dir: str = field(default="models/sfmed-tiny", metadata=_help("the model directory (replaced atomically)"))
 
     def spec(self) -> TinyModelSpec:
         return TinyModelSpec(**{f.name: getattr(self, f.name) for f in fields(TinyModelSpec)})
+
+
+class TinyModel(Step[TinyModelConfig]):
+    """``sfmed tiny-model [CONFIG.yaml] [key=value ...]``: a step of the registry
+    (:data:`sfmed_lf.steps.TOP_LEVEL_STEPS`); it writes ``output_dir``."""
+
+    name, config = "tiny-model", TinyModelConfig
+    help = "build the embedded tiny Qwen2 model and tokenizer (offline)"
+
+    def run(self, config: TinyModelConfig) -> list[Path]:
+        return [build_tiny_model(config.output_dir, config.spec())]
 
 
 def bundled_corpus() -> list[str]:
@@ -311,3 +324,6 @@ def build_tiny_model(output_dir: str | os.PathLike[str], spec: TinyModelSpec | N
     else:
         os.replace(staging, output_dir)
     return output_dir
+
+
+STEP = TinyModel()

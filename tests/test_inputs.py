@@ -32,6 +32,9 @@ def sfmed(argv: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
 def test_malformed_input_is_an_error_or_a_counted_skip(case, tmp_path, capsys):
+    for target, source in case.get("files", {}).items():  # what an earlier step wrote, damaged
+        (tmp_path / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(MALFORMED / source, tmp_path / target)
     argv = [part.replace("{F}", str(MALFORMED)).replace("{T}", str(tmp_path)) for part in case["argv"]]
     code, out, err = sfmed(argv, capsys)  # an exception escaping here is a traceback: the test fails
     if "skipped" in case:
@@ -49,6 +52,29 @@ def test_malformed_input_is_an_error_or_a_counted_skip(case, tmp_path, capsys):
             assert expected in message + out, err
     assert "Traceback" not in err
     assert not [p for p in MALFORMED.iterdir() if p.name.endswith((".report.json", ".provenance.json"))]
+
+
+def test_rows_an_earlier_step_wrote_are_checked_field_by_field_never_converted():
+    from typing import Literal, NotRequired
+
+    from sfmed_lf.utils.jsonl import check_fields
+
+    fields = {"n": int, "x": float, "pair": tuple[float, float], "by": dict[str, list[str]], "v": Literal["A"] | None}
+    fields |= {"extra": NotRequired[str]}
+    good = {"n": 1, "x": 2, "pair": [0.5, 1], "by": {"k": ["a"]}, "v": None}
+    assert check_fields("f:1", good, fields) is good  # an int is a number; an absent NotRequired field is fine
+    for change, message in [
+        ({"n": True}, "field 'n': True is not an integer"),
+        ({"x": "2"}, "field 'x': '2' is not a number"),
+        ({"pair": [1.0]}, "field 'pair': [1.0] is not a list of 2"),
+        ({"by": {"k": ["a", 3]}}, "field 'by': item 'k': item 1: 3 is not text"),
+        ({"v": "B"}, "field 'v': 'B' is not 'A' | None"),
+        ({"extra": 1}, "field 'extra': 1 is not text (expected str)"),
+    ]:
+        with pytest.raises(DataError, match=f"^f:1: {re.escape(message)}.*; `step` writes it"):
+            check_fields("f:1", {**good, **change}, fields, "step")
+    with pytest.raises(DataError, match=r"^f:1: field 'v': missing \(expected 'A' \| None\)"):
+        check_fields("f:1", {k: value for k, value in good.items() if k != "v"}, fields)
 
 
 def test_a_failed_conversion_never_replaces_a_good_output(tmp_path, capsys):
@@ -285,7 +311,7 @@ def test_a_missing_preference_audit_names_the_option(tmp_path):
     options |= {"sfmed_pref_flip_below": None, "sfmed_pref_drop_above": None}
     with pytest.raises(DataError, match=r"sfmed_pref_audit: .*nope.jsonl does not exist"):
         audit_actions(SimpleNamespace(sfmed_pref_audit=str(tmp_path / "nope.jsonl"), **options))
-    with pytest.raises(DataError, match=r"audit.jsonl:1: field 'key'"):
+    with pytest.raises(DataError, match=r"audit.jsonl:1: field 'mean_strength': missing \(expected float\)"):
         audit_actions(SimpleNamespace(sfmed_pref_audit=str(MALFORMED / "audit.jsonl"), **options))
 
 

@@ -25,6 +25,7 @@ from sfmed_lf.recipe.fingerprint import RUN_STATISTICS, path_digest
 from sfmed_lf.recipe.runner import Runner, plan, status
 from sfmed_lf.recipe.spec import RecipeError, load_recipe
 from sfmed_lf.recipe.stage_io import stage_io
+from sfmed_lf.steps import TOP_LEVEL_STEPS, Declared, load_top_level_step
 from tests.helpers import REPO_ROOT, run
 
 RECIPE_7B = REPO_ROOT / "examples" / "yaml" / "sfmed_recipe.yaml"
@@ -152,6 +153,29 @@ def test_the_demo_is_the_tiny_recipe_and_each_stage_reads_what_an_earlier_one_wr
     assert sources[("dpo_ondare", "sfmed_dpo_selected")] == "pref_select"
     assert sources[("sft", "world_sft_single_diversified")] == "attach_system"
     assert sources[("attach_system", "world_sft_single")] == "dedup"
+
+
+def test_a_tiny_model_stage_is_read_through_the_step_registry(project):
+    """The tiny recipe's tiny_model stage writes output_dir and reads its corpus, as the registry's step declares."""
+    recipe = load_recipe(REPO_ROOT / "examples" / "yaml" / "tiny" / "recipe.yaml")
+    io = stage_io(recipe.stage("tiny_model"))
+    assert io.outputs == ["models/sfmed-tiny"] and "saves/tiny/world" in io.read_paths()
+    assert io.options["hidden_size"] == 128
+
+
+@pytest.mark.parametrize("name", sorted(TOP_LEVEL_STEPS))
+def test_top_level_steps_are_recipe_stages_of_the_registry_with_no_special_case(name, tmp_path, monkeypatch):
+    """`sfmed tiny-model` and `sfmed doctor` are resolved as every step is: what a stage of either writes is its
+    step's own declaration (a special case in stage_io would not see the replaced one)."""
+    step = load_top_level_step(name)
+    assert not step.declared(step.config()).outputs or name == "tiny-model"
+    marker = Declared(outputs=[f"written-by-{name}"])
+    monkeypatch.setattr(type(step), "declared", lambda self, config: marker)
+    recipe = load_recipe(
+        write_recipe(tmp_path / "r.yaml", {"state_dir": "s", "stages": [{"name": "a", "sfmed": name}]})
+    )
+    assert recipe.stages[0].step == (name,)
+    assert stage_io(recipe.stages[0]).declared is marker
 
 
 def test_a_later_stage_writing_into_a_directory_an_earlier_stage_reads_is_an_error(tmp_path):

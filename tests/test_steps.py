@@ -14,11 +14,21 @@ import yaml
 
 from sfmed_lf.cli import build_parser, load_stage, main
 from sfmed_lf.config_files import ConfigError, load_config
-from sfmed_lf.steps import STAGES, Step, StepConfig, undocumented_options
+from sfmed_lf.steps import STAGES, TOP_LEVEL_STEPS, Step, StepConfig, load_top_level_step, undocumented_options
 from tests.helpers import REPO_ROOT
 
 ALL_STEPS = [(command, step) for command in STAGES for step in load_stage(command).steps]
 IDS = [f"{command}-{step.name}" for command, step in ALL_STEPS]
+# every step with the command that runs it: `sfmed STAGE STEP` and the top-level `sfmed NAME` (tiny-model, doctor)
+EVERY_STEP = [((command, step.name), step) for command, step in ALL_STEPS] + [
+    ((name,), load_top_level_step(name)) for name in TOP_LEVEL_STEPS
+]
+
+
+def registry_step(path: tuple[str, ...]) -> Step:
+    return load_top_level_step(path[0]) if len(path) == 1 else load_stage(path[0]).step(path[1])
+
+
 # the sfmed step each example YAML is written for (LLaMA-Factory YAMLs have a `stage` key and are tested elsewhere)
 EXAMPLE_STEPS = {
     "sfmed_attach_system.yaml": ("data", "attach-system"),
@@ -43,32 +53,61 @@ EXAMPLE_STEPS = {
     "world.yaml": ("world", "generate"),
     "measure.yaml": ("world", "measure"),
     "report.yaml": ("world", "report"),
+    "tiny_model.yaml": ("tiny-model",),
 }
 
 
-@pytest.mark.parametrize(("command", "step"), ALL_STEPS, ids=IDS)
-def test_every_step_has_the_one_shape_and_lists_every_option_in_its_help(command, step, capsys):
+@pytest.mark.parametrize(("path", "step"), EVERY_STEP, ids=["-".join(path) for path, _ in EVERY_STEP])
+def test_every_step_has_the_one_shape_and_lists_every_option_in_its_help(path, step, capsys):
     assert isinstance(step, Step) and issubclass(step.config, StepConfig) and dataclasses.is_dataclass(step.config)
     assert typing.get_type_hints(type(step).run)["return"] == list[Path], "run returns the paths it wrote"
     assert not undocumented_options(step.config), "every option carries help text"
+    assert path[-1] == step.name
     with pytest.raises(SystemExit) as exit_:
-        main([command, step.name, "-h"])
+        main([*path, "-h"])
     assert exit_.value.code == 0
     shown = capsys.readouterr().out
+    assert step.help in " ".join(shown.split())
     for item in dataclasses.fields(step.config):
         if item.init and not item.metadata.get("internal"):
             name = item.name if step.yaml or item.name in step.arguments else f"--{item.name.replace('_', '-')}"
-            assert name in shown, f"{name} missing from `sfmed {command} {step.name} -h`"
+            assert name in shown, f"{name} missing from `sfmed {' '.join(path)} -h`"
             assert item.metadata["help"].split()[0] in shown
 
 
 def test_the_command_line_is_built_from_the_registry():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(STAGES) <= set(commands)
+    assert set(STAGES) | set(TOP_LEVEL_STEPS) <= set(commands)
+    assert {"tiny-model", "doctor"} <= set(TOP_LEVEL_STEPS), "hand-written commands beside the registry are gone"
+    assert set(commands) == {*STAGES, *TOP_LEVEL_STEPS, "recipe"}
     for command in STAGES:
         steps = commands[command]._subparsers._group_actions[0].choices
         assert {step.name for step in load_stage(command).steps} <= set(steps)
+
+
+def test_top_level_steps_run_through_the_registry(tmp_path, monkeypatch, capsys):
+    """`sfmed tiny-model [CONFIG.yaml] [key=value ...]` and `sfmed doctor` as users type them run the registry's step
+    (its run prints the paths it wrote; a doctor that finds problems exits 1)."""
+    from sfmed_lf.errors import ProblemsFound
+
+    ran = []
+    tiny, doctor = load_top_level_step("tiny-model"), load_top_level_step("doctor")
+    monkeypatch.setattr(type(tiny), "run", lambda self, config: ran.append(config) or [Path(config.output_dir)])
+    config = tmp_path / "tiny.yaml"
+    config.write_text("hidden_size: 64\nnum_attention_heads: 4\n")
+    assert main(["tiny-model", str(config), f"output_dir={tmp_path / 'm'}", "seed=3"]) == 0
+    assert (ran[0].hidden_size, ran[0].seed, ran[0].output_dir) == (64, 3, str(tmp_path / "m"))
+    assert f"sfmed tiny-model: wrote {tmp_path / 'm'}" in capsys.readouterr().out
+    assert main(["tiny-model", "seed=4"]) == 0 and ran[1].seed == 4  # key=value without a YAML
+    assert main(["doctor"]) == 0 and "hooks:" in capsys.readouterr().out
+
+    def unwell(self, config):
+        raise ProblemsFound("problems found (listed above).")
+
+    monkeypatch.setattr(type(doctor), "run", unwell)
+    assert main(["doctor"]) == 1
+    assert capsys.readouterr().err.strip() == "sfmed doctor: problems found (listed above)."
 
 
 VOCABULARY_BANNED = {"max_tokens", "tokenizer", "records", "prompts", "prompt_format", "input_dir", "policy_path"}
@@ -182,8 +221,7 @@ def test_example_yamls_load_with_their_step(name):
     path = next(p for p in sorted((REPO_ROOT / "examples" / "yaml").rglob(name)))
     values = yaml.safe_load(path.read_text())
     assert "stage" not in values
-    command, step = EXAMPLE_STEPS[name]
-    load_config(load_stage(command).step(step).config, path)
+    load_config(registry_step(EXAMPLE_STEPS[name]).config, path)
 
 
 def test_every_sfmed_example_yaml_is_covered():
@@ -191,7 +229,7 @@ def test_every_sfmed_example_yaml_is_covered():
         path.name
         for path in (REPO_ROOT / "examples" / "yaml").rglob("*.yaml")
         if "stage" not in (yaml.safe_load(path.read_text()) or {})
-        and not path.name.startswith(("tiny_model", "infer", "sfmed_infer"))  # LF inference YAMLs
+        and not path.name.startswith(("infer", "sfmed_infer"))  # LF inference YAMLs
         and not path.name.endswith("recipe.yaml")  # `sfmed recipe` files (tests/test_recipe.py)
     }
     assert sfmed_yamls == set(EXAMPLE_STEPS)

@@ -131,6 +131,17 @@ class Banks:
         self.question, self.answer = self.answer, self.question
 
 
+# a line of rounds.jsonl (the step's resumable log): what one round asked, the reply and what it kept
+ROUND_FIELDS = {
+    "round": int,
+    "query": str,
+    "history": list[list[str]],
+    "reply": str,
+    "accepted": list[str],
+    "rejected": list[dict[str, str]],
+}
+
+
 class DiversifyStep:
     def __init__(self, config: DiversifyConfig) -> None:
         self.config = config
@@ -182,7 +193,7 @@ class DiversifyStep:
         config = self.config
         log_path = self.out / "rounds.jsonl"
         check_provenance(log_path, self.provenance())
-        log = ResumableJsonl(log_path, key="round")
+        log = ResumableJsonl(log_path, key="round", fields=ROUND_FIELDS, written_by="sfmed data diversify")
         banks = Banks.from_seeds(self.seeds, config.seed)
         check = InstructionCheck(
             self.lexicon, config.min_terms, config.min_chars, config.max_chars, config.max_similarity

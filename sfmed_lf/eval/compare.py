@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.eval.config import EvalConfig
-from sfmed_lf.eval.generate import generate_answers, stale_answers
+from sfmed_lf.eval.generate import answers_file, generate_answers, stale_answers
 from sfmed_lf.eval.judge import judge_messages, parse_score
 from sfmed_lf.eval.mcq import extract_choice, is_correct
 from sfmed_lf.eval.outcomes import count_outcomes, outcome
@@ -25,6 +25,8 @@ from sfmed_lf.utils.io import atomic_write_text, require_file
 from sfmed_lf.utils.jsonl import ResumableJsonl
 
 ALL = "All"
+# a line of judge/judgments.jsonl (the judge step's resumable cache)
+JUDGMENT_FIELDS = {"key": str, "judge_model": str, "judgment": str}
 
 
 def all_items(config: EvalConfig) -> list[EvalItem]:
@@ -54,7 +56,7 @@ def answers(config: EvalConfig, label: str, items: list[EvalItem]) -> dict[str, 
     path = config.answers_path(label)
     if not path.exists():
         raise DataError(f"{path} does not exist: run `sfmed eval generate` first.")
-    output = ResumableJsonl(path)
+    output = answers_file(path)
     stale = stale_answers(output, items)
     if stale:
         raise DataError(f"{path}: the items {stale[:3]} changed since they were answered; use a new output_dir.")
@@ -136,7 +138,12 @@ class JudgeStep:
             raise DataError("judge_url is not set: the judge step needs an OpenAI-compatible endpoint.")
         items = [item for item in all_items(config) if item.kind == "dialogue"]
         responses = {label: answers(config, label, items) for label in ("a", "b")}
-        cache = ResumableJsonl(Path(config.output_dir) / "judge" / "judgments.jsonl", key="key")
+        cache = ResumableJsonl(
+            Path(config.output_dir) / "judge" / "judgments.jsonl",
+            key="key",
+            fields=JUDGMENT_FIELDS,
+            written_by="sfmed eval judge",
+        )
         endpoint = config.endpoint(config.judge_url, config.judge_model)
         requests = []
         for item in items:

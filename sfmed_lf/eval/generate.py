@@ -6,6 +6,7 @@ one line per item id, resumable."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,13 @@ from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.templates import MULTI_TURN_INSTRUCTION, SINGLE_TURN_INSTRUCTION
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_digest
+
+# a line of answers/<a|b>.jsonl: `sfmed eval generate` writes it, rouge, judge and mcq read it
+ANSWER_FIELDS = {"id": str, "item": str, "model": str, "response": str}
+
+
+def answers_file(path: str | os.PathLike[str]) -> ResumableJsonl:
+    return ResumableJsonl(path, fields=ANSWER_FIELDS, written_by="sfmed eval generate")
 
 
 def item_prompt(item: EvalItem, system: str | None) -> Prompt:
@@ -43,9 +51,7 @@ def answer_key(item: EvalItem) -> dict[str, str]:
 def stale_answers(output: ResumableJsonl, items: list[EvalItem]) -> list[str]:
     """Ids whose written answer was given to another version of the item."""
     return [
-        item.id
-        for item in items
-        if item.id in output and output.records[item.id].get("item") != answer_key(item)["item"]
+        item.id for item in items if item.id in output and output.records[item.id]["item"] != answer_key(item)["item"]
     ]
 
 
@@ -107,7 +113,7 @@ def answer_provenance(config: EvalConfig, source: ModelSource) -> dict[str, Any]
 
 def generate_answers(config: EvalConfig, source: ModelSource, items: list[EvalItem]) -> ResumableJsonl:
     check_provenance(config.answers_path(source.label), answer_provenance(config, source))
-    output = ResumableJsonl(config.answers_path(source.label))
+    output = answers_file(config.answers_path(source.label))
     stale = stale_answers(output, items)
     if stale:
         raise DataError(

@@ -16,7 +16,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -27,11 +27,11 @@ from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.pairs import PAIRS_DATASET, register_pairs
-from sfmed_lf.preference.sample import RESPONSES, prompt_of
+from sfmed_lf.preference.sample import RESPONSE_FIELDS, RESPONSES, prompt_of
 from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.text.normalize import comparison_key
 from sfmed_lf.utils.io import atomic_write_text
-from sfmed_lf.utils.jsonl import ResumableJsonl
+from sfmed_lf.utils.jsonl import ResumableJsonl, check_fields
 from sfmed_lf.utils.provenance import check_provenance, text_digest
 
 JUDGE_PROMPT = """你是一名资深医学专家，请评价两位医生对同一患者问题的回答。
@@ -75,6 +75,10 @@ def judge_prompt(prompt: Prompt, first: str, second: str) -> str:
     return JUDGE_PROMPT.format(history=history, question=prompt.question, first=first, second=second)
 
 
+# a line of judgments.jsonl (this step's resumable cache): the judge's reply and the verdict read from it
+VERDICT_FIELDS = {"key": str, "judge": str, "reply": str, "verdict": Literal["A", "B"] | None}
+
+
 def verdict_key(judge_model: str, request: str) -> str:
     """A cached verdict belongs to the judge and the exact request: the question and both answers in order."""
     return text_digest(json.dumps([judge_model, request], ensure_ascii=False))
@@ -106,10 +110,8 @@ def load_responses(path: Path) -> list[tuple[str, Prompt, list[str]]]:
         raise DataError(f"{path}: missing; run `sfmed pref sample` first.")
     loaded = []
     for location, row in read_rows(path):
-        responses = row.get("responses")
-        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-            raise location.error("must be a list of texts.", "responses")
-        loaded.append((str(row.get("id", f"p{location.row}")), prompt_of(location, row), responses))
+        check_fields(str(location), row, RESPONSE_FIELDS, "sfmed pref sample")
+        loaded.append((row["id"], prompt_of(row), row["responses"]))
     if not loaded:
         raise DataError(f"{path}: empty; run `sfmed pref sample` first.")
     return loaded
@@ -123,7 +125,7 @@ def judge_pairs(config: PreferenceConfig) -> list[Path]:
     # the judges are the models; their URLs may change between runs (a restarted server)
     judges = [judge.model for judge in config.judges]
     check_provenance(cache_path, {"prompt": JUDGE_PROMPT, "max_tokens": config.judge_max_new_tokens})
-    cache = ResumableJsonl(cache_path, key="key")
+    cache = ResumableJsonl(cache_path, key="key", fields=VERDICT_FIELDS, written_by="sfmed pref judge")
 
     skipped: Counter[str] = Counter()
     candidates = []  # (prompt id, prompt, pair index, first, second)

@@ -19,6 +19,7 @@ from sfmed_lf.errors import DataError
 from sfmed_lf.formats.pairs import pair_key
 from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.preference.selection import DROP, FLIP, select_actions
+from sfmed_lf.utils.jsonl import check_fields
 
 
 def audit_actions(data_args: Any) -> dict[str, str]:
@@ -28,9 +29,7 @@ def audit_actions(data_args: Any) -> dict[str, str]:
         raise DataError(f"sfmed_pref_audit: {path} does not exist (it is the audit.jsonl of `sfmed pref select`).")
     rows = []
     for location, row in read_rows(path):
-        if not isinstance(row.get("key"), str) or not isinstance(row.get("mean_strength"), int | float):
-            raise location.error("an audit line needs 'key' (text) and 'mean_strength' (a number).", "key")
-        rows.append(row)
+        rows.append(check_fields(str(location), row, {"key": str, "mean_strength": float}, "sfmed pref select"))
     if not rows:
         raise DataError(f"sfmed_pref_audit: {path} is empty.")
     actions = select_actions(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.dataset_names import PAIRS_DATASET
@@ -14,7 +14,13 @@ from sfmed_lf.formats.datasets import local_dataset, register
 from sfmed_lf.formats.lf_rows import dataset_info_entry
 from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.formats.reading import read_rows
+from sfmed_lf.utils.jsonl import Fields, check_fields
 from sfmed_lf.utils.provenance import text_digest
+
+# a line of scores.jsonl: `sfmed pref score` writes it (one per reward model), `sfmed pref select` reads it; a pair's
+# scores are [chosen, rejected], keyed by the pair's content
+PAIR_SCORES = dict[str, tuple[float, float]]
+SCORE_FIELDS = {"model": int, "fingerprint": dict[str, Any], "scores": PAIR_SCORES, "heldout": NotRequired[PAIR_SCORES]}
 
 
 def register_pairs(info_path: str | os.PathLike[str], name: str, file_name: str) -> None:
@@ -22,11 +28,13 @@ def register_pairs(info_path: str | os.PathLike[str], name: str, file_name: str)
     register(info_path, name, dataset_info_entry(file_name, "ranking"))
 
 
-def step_output(path: Path, producer: str) -> list[dict[str, Any]]:
-    """Rows another ``sfmed pref`` step wrote; missing or empty names the step to run first."""
-    rows = [row for _, row in read_rows(path)] if path.exists() else []
+def step_output(path: Path, producer: str, fields: Fields) -> list[dict[str, Any]]:
+    """Rows another ``sfmed pref`` step wrote, each with ``fields`` checked; missing or empty names the step to run
+    first."""
+    written_by = f"sfmed pref {producer}"
+    rows = [check_fields(str(at), row, fields, written_by) for at, row in read_rows(path)] if path.exists() else []
     if not rows:
-        raise DataError(f"{path}: missing or empty; run `sfmed pref {producer}` first.")
+        raise DataError(f"{path}: missing or empty; run `{written_by}` first.")
     return rows
 
 

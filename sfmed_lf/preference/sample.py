@@ -24,13 +24,14 @@ from tqdm import tqdm
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.conversation import Conversation, Prompt
 from sfmed_lf.formats.datasets import local_dataset
-from sfmed_lf.formats.reading import Location
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.serving.chat_client import map_concurrently
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_digest
 
 RESPONSES = "responses.jsonl"
+# a line of responses.jsonl: this step writes it, `sfmed pref judge` reads it
+RESPONSE_FIELDS = {"id": str, "system": str, "history": list[tuple[str, str]], "question": str, "responses": list[str]}
 
 
 def prompt_row(prompt_id: str, prompt: Prompt) -> dict[str, Any]:
@@ -42,15 +43,9 @@ def prompt_row(prompt_id: str, prompt: Prompt) -> dict[str, Any]:
     }
 
 
-def prompt_of(location: Location, row: dict[str, Any]) -> Prompt:
-    """The prompt of a ``responses.jsonl`` row (what the judge step reads back)."""
-    history = row.get("history") or []
-    if not isinstance(history, list) or not all(isinstance(t, list) and len(t) == 2 for t in history):
-        raise location.error("must be a list of [question, answer] pairs.", "history")
-    question, system = row.get("question"), row.get("system") or ""
-    if not isinstance(question, str) or not isinstance(system, str):
-        raise location.error("question and system must be text.", "question")
-    return Prompt(question, tuple((q, a) for q, a in history), system)
+def prompt_of(row: dict[str, Any]) -> Prompt:
+    """The prompt of a ``responses.jsonl`` row whose fields are checked (:data:`RESPONSE_FIELDS`)."""
+    return Prompt(row["question"], tuple((q, a) for q, a in row["history"]), row["system"])
 
 
 def load_prompts(config: PreferenceConfig) -> list[tuple[str, Prompt, list[str]]]:
@@ -101,7 +96,7 @@ def sample_responses(config: PreferenceConfig) -> list[Path]:
             "max_new_tokens": config.max_new_tokens,
         },
     )
-    output = ResumableJsonl(path)
+    output = ResumableJsonl(path, fields=RESPONSE_FIELDS, written_by="sfmed pref sample")
     todo = [entry for entry in prompts if entry[0] not in output]
     progress = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="sample responses", unit="prompt")
     k = config.num_responses

@@ -26,7 +26,7 @@ from sfmed_lf.formats.lf_template import ChatTemplate
 from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.preference.config import PreferenceConfig
 from sfmed_lf.preference.ensemble import rm_dir, value_head_file
-from sfmed_lf.preference.pairs import load_pairs, pairs_digest
+from sfmed_lf.preference.pairs import SCORE_FIELDS, load_pairs, pairs_digest
 from sfmed_lf.utils.io import atomic_write_text, read_json
 from sfmed_lf.utils.jsonl import ResumableJsonl
 from sfmed_lf.utils.provenance import check_provenance, model_fingerprint
@@ -113,12 +113,14 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
     if heldout:
         inputs["heldout"] = pairs_digest(heldout)
     check_provenance(path, inputs)
-    output = ResumableJsonl(path, key="model")
+    output = ResumableJsonl(path, key="model", fields=SCORE_FIELDS, written_by="sfmed pref score")
     for index, model_dir in enumerate(tqdm(models, desc="score with reward models", unit="model")):
         fingerprint = model_fingerprint(str(model_dir))
         if str(index) in output:
             if output.records[str(index)]["fingerprint"] != fingerprint:
                 raise DataError(f"{path}: model {index} was retrained since it was scored; delete {path} to re-score.")
+            if heldout and "heldout" not in output.records[str(index)]:
+                raise DataError(f"{path}: model {index} has no held-out scores; delete {path} to re-score.")
             continue
         model = RewardModel(model_dir)
         template = ChatTemplate(model.tokenizer, config.template)

@@ -18,7 +18,7 @@ import numpy as np
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.lf_rows import to_ranking_row
 from sfmed_lf.preference.config import PreferenceConfig
-from sfmed_lf.preference.pairs import load_pairs, register_pairs, step_output
+from sfmed_lf.preference.pairs import SCORE_FIELDS, load_pairs, register_pairs, step_output
 from sfmed_lf.preference.selection import DROP, FLIP, select_actions, strengths
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.plotting import png_bytes, pyplot
@@ -45,14 +45,17 @@ def select_pairs(config: PreferenceConfig) -> list[Path]:
     out = config.out
     pairs = load_pairs(*config.pairs_source())
     scores_path = out / "scores.jsonl"
-    models = sorted(step_output(scores_path, "score"), key=lambda row: row["model"])
+    models = sorted(step_output(scores_path, "score", SCORE_FIELDS), key=lambda row: row["model"])
+    indices = [model["model"] for model in models]
+    if len(set(indices)) != len(indices):
+        raise DataError(f"{scores_path}: model(s) {sorted({i for i in indices if indices.count(i) > 1})} scored twice.")
     if len(models) < config.num_reward_models:
         raise DataError(f"{scores_path}: {len(models)} of {config.num_reward_models} models scored.")
     chosen = np.zeros((len(pairs), len(models)))
     rejected = np.zeros((len(pairs), len(models)))
     for column, model in enumerate(models):
         for row, pair in enumerate(pairs):
-            found = model.get("scores", {}).get(pair.key)
+            found = model["scores"].get(pair.key)
             if found is None:
                 raise DataError(
                     f"{scores_path}: no score of model {model['model']} for pair {pair.id!r}: the pairs changed "

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.conversation import Conversation, Text
 from sfmed_lf.formats.datasets import local_dataset
-from sfmed_lf.privacy.config import AuditConfig
+from sfmed_lf.privacy.config import AUDIT_FIELDS, AuditConfig
 from sfmed_lf.privacy.generation import greedy_continuations
 from sfmed_lf.text.rouge import rouge_l_f
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
@@ -94,7 +94,7 @@ def run_audit(config: AuditConfig) -> list[Path]:
     audited = text_digest(json.dumps([[r.id, repr(r.sample)] for r in records], ensure_ascii=False))
     model = model_fingerprint(config.model_name_or_path)
     check_provenance(results_path, {"model": model, "records": audited, **settings})
-    results = ResumableJsonl(results_path)
+    results = ResumableJsonl(results_path, fields=AUDIT_FIELDS, written_by="sfmed privacy audit")
     todo = [record for record in records if record.id not in results]
     if todo:
         tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, padding_side="left")

@@ -9,6 +9,8 @@ from sfmed_lf.steps import StepConfig, option
 
 SplitMode = Literal["prompt", "ratio", "tokens"]
 Pooling = Literal["mean", "last"]
+# a line of audit_results.jsonl and high_risk.jsonl: `sfmed privacy audit` writes them, `sfmed privacy build-db` reads
+AUDIT_FIELDS = {"id": str, "query": str, "suffix": str, "generation": str, "rouge_l": float, "prefix_tokens": int}
 
 
 @dataclass

@@ -24,12 +24,13 @@ import numpy as np
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.reading import read_rows
-from sfmed_lf.privacy.config import CHECKS, DatabaseConfig
+from sfmed_lf.privacy.config import AUDIT_FIELDS, CHECKS, DatabaseConfig
 from sfmed_lf.privacy.embeddings import centred_unit_rows, pooled_states, resolve_layer
 from sfmed_lf.privacy.fingerprint import model_content_fingerprint
 from sfmed_lf.privacy.ngrams import NgramIndex, idf, idf_weights
 from sfmed_lf.text.ngrams import char_ngrams
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text, require_file
+from sfmed_lf.utils.jsonl import check_fields
 
 FORMAT_VERSION = 2
 
@@ -40,8 +41,7 @@ def secure_counterparts(config: DatabaseConfig) -> dict[str, str]:
     require_file(config.secure_responses, "secure_responses")
     counterparts = {}
     for location, row in read_rows(config.secure_responses):
-        if not isinstance(row.get("id"), str) or not isinstance(row.get("secure_response"), str):
-            raise location.error("needs fields 'id' and 'secure_response' (text).")
+        check_fields(str(location), row, {"id": str, "secure_response": str})
         if not row["secure_response"].strip():
             raise location.error("is empty.", "secure_response")
         counterparts[row["id"]] = row["secure_response"].strip()
@@ -51,13 +51,7 @@ def secure_counterparts(config: DatabaseConfig) -> dict[str, str]:
 def _audit_rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise DataError(f"{path} does not exist: run `sfmed privacy audit` first.")
-    rows = []
-    for location, row in read_rows(path):
-        for name in ("id", "query", "suffix"):
-            if not isinstance(row.get(name), str):
-                raise location.error("must be text (written by `sfmed privacy audit`).", name)
-        rows.append(row)
-    return rows
+    return [check_fields(str(location), row, AUDIT_FIELDS, "sfmed privacy audit") for location, row in read_rows(path)]
 
 
 @dataclass

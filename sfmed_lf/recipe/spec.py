@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from sfmed_lf.config_files import ConfigError, parse_overrides
+from sfmed_lf.steps import STAGES
 
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -105,10 +106,11 @@ class Stage:
 
     @property
     def step(self) -> tuple[str, ...]:
-        """``("data", "dedup")``, ``("tiny-model",)``, ``("train",)``: which step the stage runs."""
+        """``("data", "dedup")``, ``("tiny-model",)``, ``("train",)``: which step the stage runs (a stage's step, or
+        a top-level one: :mod:`sfmed_lf.steps`)."""
         if self.kind == "train":
             return ("train",)
-        if self.args and self.args[0] in ("data", "pref", "eval", "privacy", "world", "recipe") and len(self.args) > 1:
+        if self.args and self.args[0] in (*STAGES, "recipe") and len(self.args) > 1:
             return tuple(self.args[:2])
         return tuple(self.args[:1])
 

@@ -4,7 +4,8 @@ step's defaults) and the step's own declaration (:meth:`sfmed_lf.steps.Step.decl
 What a step reads is found generically (:func:`read_values`: every text value of the options that decide its
 outputs, except the keys that name outputs; datasets by name through ``dataset_dir``), so an option added to a
 step is an input without anyone listing it. A ``llamafactory-cli train`` stage writes its ``output_dir`` and reads
-its ``dataset``/``eval_dataset``; ``sfmed tiny-model`` (not a stage of the registry) writes its ``output_dir``.
+its ``dataset``/``eval_dataset``; every other stage is a step of the registry: ``sfmed STAGE STEP`` (:data:`STAGES`)
+or ``sfmed NAME`` (:data:`TOP_LEVEL_STEPS`, e.g. ``tiny-model``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import yaml
 
 from sfmed_lf.config_files import ConfigError, build_config, load_config, parse_overrides
 from sfmed_lf.recipe.spec import RecipeError, Stage
-from sfmed_lf.steps import STAGES, Declared, Step, load_stage, parse_argument_step
+from sfmed_lf.steps import (
+    STAGES,
+    TOP_LEVEL_STEPS,
+    Declared,
+    Step,
+    load_stage,
+    load_top_level_step,
+    parse_argument_step,
+)
 
 # keys whose values a step writes, never reads
 OUTPUT_KEYS = frozenset({"output_dir", "register_in", "logging_dir", "export_dir", "tokenized_path", "cache_dir"})
@@ -143,7 +152,17 @@ def _yaml_step_config(cls: type, path: str | None, overrides: list[str], known: 
     return load_config(cls, path, overrides)
 
 
-def _sequence(command: str, step_name: str) -> tuple[Step[Any], list[Step[Any]]]:
+def _sequence(step_path: tuple[str, ...]) -> tuple[Step[Any], list[Step[Any]]]:
+    """The step a stage's config is read for, and the steps it runs (several for ``sfmed STAGE all``)."""
+    if len(step_path) == 1 and step_path[0] in TOP_LEVEL_STEPS:
+        step = load_top_level_step(step_path[0])
+        return step, [step]
+    if len(step_path) != 2 or step_path[0] not in STAGES:
+        raise RecipeError(
+            f"`sfmed {' '.join(step_path)}` is not a step of the registry (sfmed_lf/steps.py: "
+            f"{', '.join(STAGES)}; {', '.join(TOP_LEVEL_STEPS)}; or a train stage)."
+        )
+    command, step_name = step_path
     stage = load_stage(command)
     if step_name == "all" and stage.sequence:
         return stage.step(stage.sequence[0]), [stage.step(name) for name in stage.sequence]
@@ -156,11 +175,13 @@ def _sequence(command: str, step_name: str) -> tuple[Step[Any], list[Step[Any]]]
 
 def _combined(command: str, steps: list[Step[Any]], config: Any) -> Declared:
     """The declaration of ``sfmed STAGE all``: what its steps write, and what they read that none of them writes."""
+    if len(steps) == 1:
+        return steps[0].declared(config)
     stage = load_stage(command)
     parts = [
         step.declared(config)
         for step in steps
-        if not (stage.skip_in_sequence and len(steps) > 1 and stage.skip_in_sequence(step.name, config))
+        if not (stage.skip_in_sequence and stage.skip_in_sequence(step.name, config))
     ]
     if len(parts) == 1:
         return parts[0]
@@ -196,25 +217,13 @@ def stage_io(stage: Stage, known_configs: dict[str, dict[str, Any]] | None = Non
                 declared.outputs = [str(config["output_dir"])]
                 declared.resumable = [os.path.join(str(config["output_dir"]), "checkpoint-*")]  # LF never clears them
             return StepIO(config, stage.args[0], declared)
-        if step_path == ("tiny-model",):
-            from sfmed_lf.tiny_model import TinyModelConfig
-
-            tiny = load_config(TinyModelConfig, stage.config, overrides)
-            mapping = dataclasses.asdict(tiny)
-            return StepIO(mapping, stage.config, Declared(outputs=[str(mapping["output_dir"])]))
-        if len(step_path) != 2 or step_path[0] not in STAGES:
-            raise RecipeError(
-                f"stage {stage.name} (line {stage.line}): `sfmed {' '.join(step_path)}` is not a step of the registry "
-                f"(sfmed_lf/steps.py: {', '.join(STAGES)}; tiny-model; or a train stage)."
-            )
-        command, step_name = step_path
-        step, steps = _sequence(command, step_name)
+        step, steps = _sequence(step_path)
         if step.yaml:
             config = _yaml_step_config(step.config, stage.config, overrides, known)
         else:
-            config = parse_argument_step(step, list(stage.args[2:]), f"sfmed {command} {step_name}")
-        return StepIO(_as_mapping(config), stage.config, _combined(command, steps, config))
-    except ConfigError as error:
+            config = parse_argument_step(step, list(stage.args[len(step_path) :]), f"sfmed {' '.join(step_path)}")
+        return StepIO(_as_mapping(config), stage.config, _combined(step_path[0], steps, config))
+    except ConfigError as error:  # RecipeError too
         raise RecipeError(f"stage {stage.name} (line {stage.line}): {error}") from None
 
 

@@ -1,25 +1,60 @@
-"""Resumable JSON-lines outputs.
+"""Resumable JSON-lines outputs, and the fields of the rows one step writes and a later step reads.
 
 A resumable output is appended one complete line at a time and flushed to disk, keyed by a record field. After a
 kill, re-opening it drops a torn last line (the only line a kill can leave incomplete), and the step skips every key
 already present: nothing is lost and nothing is written twice.
+
+The rows of such an intermediate file (responses, verdicts, scores, audit results, answers) are checked field by field
+where they are read (:func:`check_fields`, with the types a config option is checked against): a missing field or a
+value of another type is an error naming the file, the line, the field and what was expected, never a traceback
+further on and never a conversion.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sfmed_lf.config_files import field_type_name, type_problem
 from sfmed_lf.errors import DataError
+
+# field name -> its type: ``str``, ``float``, ``list[str]``, ``Literal["A", "B"] | None`` (present, maybe null),
+# ``NotRequired[X]`` (may be absent)
+Fields = Mapping[str, Any]
+
+
+def check_fields(where: str, row: dict[str, Any], fields: Fields, written_by: str = "") -> dict[str, Any]:
+    """``row`` (read at ``where``, ``FILE:LINE``) when each of ``fields`` is present (unless ``NotRequired``) with a
+    value of its type. Otherwise a :class:`DataError` naming the file, the line, the field, what it holds and what was
+    expected (and ``written_by``, the step that writes the file). Other fields are not looked at."""
+    hint = f"; `{written_by}` writes it" if written_by else ""
+    for name, annotation in fields.items():
+        required = typing.get_origin(annotation) is not typing.NotRequired
+        annotation = annotation if required else typing.get_args(annotation)[0]
+        expected = field_type_name(annotation)
+        if name not in row:
+            if not required:
+                continue
+            raise DataError(f"{where}: field {name!r}: missing (expected {expected}){hint}.")
+        problem = type_problem(row[name], annotation)
+        if problem:
+            raise DataError(f"{where}: field {name!r}: {problem} (expected {expected}){hint}.")
+    return row
 
 
 class ResumableJsonl:
-    """Append-only JSONL output keyed by ``key``; see the module docstring for the kill-and-re-run contract."""
+    """Append-only JSONL output keyed by ``key``; see the module docstring for the kill-and-re-run contract. With
+    ``fields``, every line read back is checked (:func:`check_fields`)."""
 
-    def __init__(self, path: str | os.PathLike[str], key: str = "id") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], key: str = "id", fields: Fields | None = None, written_by: str = ""
+    ) -> None:
         self.path, self.key = Path(path), key
+        self.fields, self.written_by = fields or {}, written_by
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
@@ -40,7 +75,10 @@ class ResumableJsonl:
                 raise DataError(f"{self.path}:{number}: not a line this step wrote ({error}).") from error
             if not isinstance(record, dict) or self.key not in record:
                 raise DataError(f"{self.path}:{number}: not a line this step wrote (no {self.key!r}).")
-            self.records[str(record[self.key])] = record
+            key = str(record[self.key])
+            if key in self.records:  # never appended twice: a second line would silently replace the first
+                raise DataError(f"{self.path}:{number}: field {self.key!r}: {key!r} is on an earlier line too.")
+            self.records[key] = check_fields(f"{self.path}:{number}", record, self.fields, self.written_by)
 
     def __contains__(self, key: object) -> bool:
         return str(key) in self.records

@@ -16,6 +16,7 @@ from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.serving.chat_client import ChatEndpoint
 from sfmed_lf.templates import SINGLE_TURN_INSTRUCTION
 from sfmed_lf.utils.io import atomic_write_text
+from sfmed_lf.utils.jsonl import check_fields
 
 _IDENTIFIERS = re.compile(r"身份证号(?P<id>[0-9X]+)|电话(?P<phone>1[0-9]{10})")
 
@@ -33,7 +34,10 @@ def ask_records(
         path = world / f"privacy_{group}.json"
         if not path.is_file():
             raise DataError(f"{path}: missing; run `sfmed world generate` first.")
-        groups[group] = [row for _, row in read_rows(path)]
+        groups[group] = [
+            check_fields(str(location), row, {"instruction": str, "output": str}, "sfmed world generate")
+            for location, row in read_rows(path)
+        ]
     endpoint = ChatEndpoint(url, model)
     answers, summary = [], {}
     try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sfmed_lf.formats.items import load_items
 from sfmed_lf.steps import StepConfig, option
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text, read_json
 from sfmed_lf.utils.plotting import png_bytes, pyplot
@@ -155,10 +156,8 @@ class Report:
         )
 
     def evaluations(self) -> None:
-        items = []
-        for path in (Path(self.config.world) / "eval_mcq.jsonl",):
-            if path.exists():
-                items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        path = Path(self.config.world) / "eval_mcq.jsonl"  # read as `sfmed eval` reads it: checked field by field
+        items = [item.row() for item in load_items(path) if item.exam is not None] if path.exists() else []
         chance = chance_accuracy(items) if items else None
         accuracy: dict[str, float] = {}
         for directory in self.config.evaluations:
