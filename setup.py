@@ -68,7 +68,7 @@ setup(
         "llamafactory==0.9.5",
         "deepspeed>=0.16",
         "datasketch>=1.6",
-        "numba>=0.61",  # the MinHash and keep-rule kernels of `sfmed data dedup`
+        "numba>=0.61",  # the MinHash and keep-rule kernels of `sfmed data dedup`, online merging's CPU loops
         "datatrove>=0.10",  # `sfmed data dedup` with engine: datatrove (local, Slurm or Ray executors)
         "safetensors>=0.4",
         "tokenizers>=0.20",
