@@ -137,7 +137,7 @@ def test_preference_checks_read_and_rank_the_audit(tmp_path):
         {**args, "sfmed_pref_audit": str(tmp_path / "none.jsonl")}
     )
     audit.write_text('{"key": "k0"}\n')
-    assert board.preference_problem(args).startswith(f"{audit}:1: field 'key': an audit line needs")
+    assert board.preference_problem(args).startswith(f"{audit}:1: field 'mean_strength': missing (expected float)")
 
 
 def test_summary_reads_the_trainer_report(tmp_path):
