@@ -295,8 +295,9 @@ def sharded_run(named, taus, config, world_size: int, steps: int) -> dict[str, t
 )
 def test_one_flat_partition_of_whole_parameters_steps_as_the_parameters(config):
     """ZeRO with one rank: every parameter a whole segment of one flat buffer, at its offset (with padding between):
-    the same selection, election and rescale per parameter as unsharded, for OnTIES too."""
-    taus = random_taus(make_params())
+    the same selection, election and rescale per parameter as unsharded, for OnTIES too (tau' about as large as
+    delta', so that both lose elections and tau's losers are gathered over several segments)."""
+    taus = random_taus(make_params(), scale=0.007)
     unsharded = make_params()
     run_optimizer(one_group_optimizer(unsharded, config, taus), [p for _, p in unsharded], range(5))
     sharded = sharded_run(make_params(), taus, config, world_size=1, steps=5)
