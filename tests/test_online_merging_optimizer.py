@@ -135,6 +135,9 @@ def test_sparse_delta_roundtrip_and_size():
     sparse = SparseDelta.from_dense(dense)
     assert torch.equal(sparse.to_dense(), dense)
     assert torch.equal(sparse.positions(), positions.sort().values)
+    assert sparse.values.dtype == torch.float32
+    stored = SparseDelta.from_dense(dense, torch.bfloat16)  # tau' stored in the parameters' dtype
+    assert stored.values.dtype == torch.bfloat16 and torch.equal(stored.values, dense[dense != 0].to(torch.bfloat16))
     # 6 bytes per kept fp32 entry + 16 bytes per 65,536-element chunk
     assert sparse.nbytes() == 15_000 * 6 + 16 * math.ceil(300_000 / 65_536)
 
@@ -408,7 +411,7 @@ def test_defaults_and_limits_are_adamws():
     params = [torch.zeros(3, requires_grad=True)]
     ours = OnlineMergingAdamW([{"params": params, "param_names": ["w"]}], OnlineMergingConfig("ondare", 0.5, 0.1), None)
     theirs = torch.optim.AdamW(params)
-    for key in ("lr", "betas", "eps"):
+    for key in ("lr", "betas", "eps", "weight_decay"):
         assert ours.defaults[key] == theirs.defaults[key], key
     OnlineMergingAdamW([{"params": params, "param_names": ["w"]}], ours.config, None, lr=0.0, eps=0.0, weight_decay=0.0)
     for bad in ({"lr": -1e-9}, {"eps": -1e-12}, {"weight_decay": -0.1}, {"betas": (1.0, 0.9)}, {"betas": (0.9, -0.1)}):
