@@ -386,3 +386,17 @@ def test_drawing_in_short_batches_gives_the_same_positions(monkeypatch, generato
     whole = draw(50_000)
     monkeypatch.setattr(masks, "_draw_count", lambda keep_prob, remaining: 7)
     assert torch.equal(draw(50_000), whole)  # (torch's CPU generator too; CUDA's Philox offsets need not)
+
+
+def test_the_sample_stride_is_the_smallest_prime_from_numel_over_the_sample_size():
+    """A prime stride rarely divides a row length, so the strided sample visits every column."""
+    from sfmed_lf.merging.sparsify import SAMPLE_SIZE, _sample_stride
+
+    def is_prime(number: int) -> bool:
+        return number >= 2 and all(number % divisor for divisor in range(2, number))
+
+    for ratio in (0, 1, 2, 3, 4, 8, 9, 24, 25, 120, 1000):
+        expected = max(2, ratio)
+        while not is_prime(expected):
+            expected += 1
+        assert _sample_stride(ratio * SAMPLE_SIZE + 5) == expected, ratio

@@ -89,7 +89,49 @@ def test_flat_slices_read_only_the_needed_rows(tmp_path):
     write_safetensors(tmp_path / "sft", sft)
     write_safetensors(tmp_path / "base", weights(2))
     reader = TaskVectorSource(str(tmp_path / "sft"), str(tmp_path / "base")).sft
-    flat = sft["model.embed_tokens.weight"].reshape(-1)
-    for offset, numel in [(0, 8), (5, 3), (13, 100), (392, 8), (0, None), (7, None)]:
+    name = "model.embed_tokens.weight"
+    flat = sft[name].reshape(-1)
+    reader.flat_slice(name, 0, 1)
+    (file_name,) = reader._open_files
+    whole_reads = []
+
+    class CountingHandle:  # the safetensors handle, counting reads of whole tensors
+        def __init__(self, handle):
+            self.handle = handle
+
+        def get_slice(self, tensor_name):
+            return self.handle.get_slice(tensor_name)
+
+        def get_tensor(self, tensor_name):
+            whole_reads.append(tensor_name)
+            return self.handle.get_tensor(tensor_name)
+
+    reader._open_files[file_name] = CountingHandle(reader._open_files[file_name])
+    for offset, numel in [(0, 8), (5, 3), (13, 100), (392, 8), (7, None), (1, None), (0, 399)]:
         expected = flat[offset:] if numel is None else flat[offset : offset + numel]
-        assert torch.equal(reader.flat_slice("model.embed_tokens.weight", offset, numel), expected)
+        assert torch.equal(reader.flat_slice(name, offset, numel), expected)
+        assert whole_reads == [], (offset, numel)
+    assert torch.equal(reader.flat_slice(name, 0, None), flat)  # the whole parameter: one read
+    assert whole_reads == [name]
+
+
+def test_closing_the_source_closes_both_checkpoints(tmp_path):
+    write_safetensors(tmp_path / "sft", weights(1))
+    write_safetensors(tmp_path / "base", weights(2))
+    source = TaskVectorSource(str(tmp_path / "sft"), str(tmp_path / "base"))
+    source.sparse_slice("model.norm.weight", DENSE)
+    assert source.sft._open_files and source.base._open_files
+    source.close()
+    assert not source.sft._open_files and not source.base._open_files
+
+
+def test_many_incompatible_parameters_are_listed_ten_at_a_time(tmp_path):
+    write_safetensors(tmp_path / "sft", weights(1))
+    write_safetensors(tmp_path / "base", weights(2))
+    source = TaskVectorSource(str(tmp_path / "sft"), str(tmp_path / "base"))
+    policy = {**SHAPES, **{f"model.extra.{i}.weight": (4,) for i in range(6)}}  # 6 missing from both: 12 problems
+    with pytest.raises(TaskVectorError) as error:
+        source.check_compatible(policy)
+    message = str(error.value)
+    assert "(12 problems)" in message and message.endswith("\n  ... and 2 more")
+    assert message.count(": missing from the") == 10
