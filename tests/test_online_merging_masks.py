@@ -400,3 +400,22 @@ def test_the_sample_stride_is_the_smallest_prime_from_numel_over_the_sample_size
         while not is_prime(expected):
             expected += 1
         assert _sample_stride(ratio * SAMPLE_SIZE + 5) == expected, ratio
+
+
+def test_other_devices_draw_their_masks_from_torchs_generator(monkeypatch):
+    """CUDA tensors take the torch generator path of ``bernoulli_positions`` (keyed like the CPU one); run here on
+    the CPU by standing in for the device's generator."""
+    import sfmed_lf.merging.masks as masks
+
+    calls = []
+    real = masks._chunk_positions_torch
+
+    def on_the_cpu(length, keep_prob, key, device):
+        calls.append((length, key, device.type))
+        return real(length, keep_prob, key, torch.device("cpu"))
+
+    monkeypatch.setattr(masks, "_chunk_positions_torch", on_the_cpu)
+    positions = masks.bernoulli_positions(5000, 0.1, seed=3, stream="delta", name="w", device="cuda")
+    key = masks.chunk_seed(3, "delta", "w", 0)
+    assert calls == [(5000, key, "cuda")]
+    assert torch.equal(positions, real(5000, 0.1, key, torch.device("cpu")))

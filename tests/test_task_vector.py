@@ -135,3 +135,8 @@ def test_many_incompatible_parameters_are_listed_ten_at_a_time(tmp_path):
     message = str(error.value)
     assert "(12 problems)" in message and message.endswith("\n  ... and 2 more")
     assert message.count(": missing from the") == 10
+    policy = {**SHAPES, **{f"model.extra.{i}.weight": (4,) for i in range(5)}}  # exactly 10: all shown
+    with pytest.raises(TaskVectorError) as error:
+        source.check_compatible(policy)
+    assert "(10 problems)" in str(error.value) and "more" not in str(error.value)
+    assert str(error.value).count(": missing from the") == 10
