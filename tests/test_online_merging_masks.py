@@ -419,3 +419,32 @@ def test_other_devices_draw_their_masks_from_torchs_generator(monkeypatch):
     key = masks.chunk_seed(3, "delta", "w", 0)
     assert calls == [(5000, key, "cuda")]
     assert torch.equal(positions, real(5000, 0.1, key, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_top_k_of_a_large_tensor_ranks_only_the_candidates_and_small_ones_are_not_sampled(backend):
+    """What makes top-p cheap: from 4 * SAMPLE_SIZE entries on, the k-th largest is selected among the entries
+    above the sampled bound (a few per cent of them), never among all; below that, sampling does not pay."""
+    from sfmed_lf.merging.arrays import NumpyOps, TorchOps
+    from sfmed_lf.merging.sparsify import SAMPLE_SIZE, DenseMagnitudes, candidate_bound, top_k
+
+    ops = {"numpy": NumpyOps, "torch": TorchOps}[backend]
+    generator = torch.Generator().manual_seed(2)
+    small = DenseMagnitudes(ops, ops.view(torch.rand(4 * SAMPLE_SIZE - 1, generator=generator)))
+    assert candidate_bound(small, keep_count(len(small), 0.05)) == -math.inf
+    values = torch.rand(4 * SAMPLE_SIZE, generator=generator)
+    reads = []
+
+    class CountedMagnitudes(DenseMagnitudes):
+        def above(self, bound):
+            reads.append(("above", bound))
+            return super().above(bound)
+
+        def all(self):
+            reads.append(("all", None))
+            return super().all()
+
+    k = keep_count(values.numel(), 0.05)
+    selection = top_k(CountedMagnitudes(ops, ops.view(values)), k)
+    assert [kind for kind, _ in reads] == ["above"] and reads[0][1] > 0.9  # the 95th percentile, less a margin
+    assert torch.equal(torch.as_tensor(selection.positions), values.topk(k).indices.sort().values)
