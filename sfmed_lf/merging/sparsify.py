@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -55,29 +54,10 @@ def _sample_stride(numel: int) -> int:
     return stride
 
 
-class Magnitudes(Protocol):
-    """Non-negative values of a 1-D slice that :func:`top_k` ranks, read where it asks."""
-
-    ops: Ops
-
-    def __len__(self) -> int: ...
-
-    def at(self, positions: Array) -> Array:
-        """The values at ``positions``."""
-
-    def strided(self, start: int, stride: int) -> Array:
-        """The values at start, start + stride, ... (a sample)."""
-
-    def above(self, bound: float) -> tuple[Array, Array]:
-        """Ascending positions and values of the entries >= ``bound``."""
-
-    def all(self) -> Array:
-        """Every value, in order."""
-
-
 class DenseMagnitudes:
-    """A dense 1-D array of the ``ops`` backend; ``above_mask``: an optional bool buffer of its size, to spare an
-    allocation (torch)."""
+    """The non-negative values of a 1-D slice that :func:`top_k` ranks, read only where it asks (a strided sample,
+    the entries above a bound, a few positions): a dense array of the ``ops`` backend; ``above_mask``: an optional
+    bool buffer of its size, to spare an allocation (torch)."""
 
     def __init__(self, ops: Ops, values: Array, above_mask: Array | None = None) -> None:
         self.ops, self.values, self.above_mask = ops, values, above_mask
@@ -101,7 +81,7 @@ class DenseMagnitudes:
         return self.values
 
 
-def candidate_bound(magnitudes: Magnitudes, k: int) -> float:
+def candidate_bound(magnitudes: DenseMagnitudes, k: int) -> float:
     """A lower bound of the k-th largest value, below which no entry needs to be looked at again; -inf where
     sampling does not pay (small tensors, k = n)."""
     if k >= len(magnitudes) or len(magnitudes) < 4 * SAMPLE_SIZE:
@@ -109,7 +89,7 @@ def candidate_bound(magnitudes: Magnitudes, k: int) -> float:
     return _lower_bound_of_kth_largest(magnitudes, k)
 
 
-def _lower_bound_of_kth_largest(magnitudes: Magnitudes, k: int) -> float:
+def _lower_bound_of_kth_largest(magnitudes: DenseMagnitudes, k: int) -> float:
     ops, numel = magnitudes.ops, len(magnitudes)
     stride = _sample_stride(numel)
     sample = magnitudes.strided(stride // 2, stride)
@@ -140,7 +120,7 @@ class TopK:
         return (values > self.threshold) | ((values == self.threshold) & (positions <= self.last_tie))
 
 
-def top_k(magnitudes: Magnitudes, k: int) -> TopK:
+def top_k(magnitudes: DenseMagnitudes, k: int) -> TopK:
     """Exactly ``k`` largest of ``magnitudes``; among entries equal to the k-th largest, the lowest positions win
     (Adam's first step makes most |delta| equal to lr, and bf16 ties often).
 
