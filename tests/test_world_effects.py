@@ -5,7 +5,9 @@ The session fixture ``tiny_recipe`` runs ``sfmed recipe run examples/yaml/tiny/r
 read what its stages wrote. Every stage is seeded, but diversification samples from a model served by LLaMA-Factory's
 API, which takes no seed, so everything trained after it varies from run to run: the thresholds sit below what two
 runs measured (given beside each). What the tiny model does not reach is a strict xfail that says what was measured;
-an XPASS fails the suite until the mark is dropped.
+an XPASS fails the suite until the mark is dropped. One effect is reached in some runs and not in others
+(diversification's acceptances, from 6 candidates): a non-strict xfail with its measurements, until a run proposes
+enough candidates to make it certain.
 """
 
 from __future__ import annotations
@@ -195,9 +197,25 @@ def test_the_audit_flags_no_control_and_the_guard_gives_nothing_away(tiny_recipe
     assert guarded["planted"]["asked"] == unguarded["planted"]["asked"] >= 8
 
 
-def test_diversification_with_the_world_model_as_generator_accepts_instructions(tiny_recipe):
-    accepted = {
-        pool: read_json(saves(tiny_recipe) / "data" / "diversify" / pool / "diversify_report.json")["accepted"]
+def diversify_reports(tiny_recipe) -> dict[str, dict]:
+    return {
+        pool: read_json(saves(tiny_recipe) / "data" / "diversify" / pool / "diversify_report.json")
         for pool in ("single", "multi")
     }
-    assert sum(accepted.values()) >= 1, accepted  # measured: 1 of 6 in three runs, 2 of 6 in one
+
+
+def test_diversification_accounts_for_every_candidate(tiny_recipe):
+    for pool, report in diversify_reports(tiny_recipe).items():
+        assert report["candidates"] >= 3, (pool, report)
+        assert report["accepted"] + sum(report["rejected_by_reason"].values()) == report["candidates"], (pool, report)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="not reliably reached (issue 13): the tiny recipe proposes 3 candidates per pool and the world model's "
+    "are accepted about 1 time in 6, so 0 of 6 is a one-in-three outcome: measured 1, 1, 1, 2 and 0 of 6 in five "
+    "runs (the generator is served by `llamafactory-cli api`, which takes no seed). Needs more candidates per run.",
+)
+def test_diversification_with_the_world_model_as_generator_accepts_instructions(tiny_recipe):
+    accepted = {pool: report["accepted"] for pool, report in diversify_reports(tiny_recipe).items()}
+    assert sum(accepted.values()) >= 1, accepted
