@@ -9,4 +9,4 @@ cd "$root"
 ruff check .
 ruff format --check .
 lint-imports  # the package's layers (contracts in pyproject.toml)
-python -m pytest -ra "$@"
+python -m pytest -ra --durations=25 "$@"  # the slowest tests, to keep the suite within its budget
