@@ -55,7 +55,11 @@ def select_above(values: np.ndarray, bound: float) -> tuple[np.ndarray, np.ndarr
     """Ascending positions and values of the entries of ``values`` that are >= ``bound`` (compared in the array's
     dtype, as numpy compares with a Python float): a counting pass and a filling pass (numpy makes three)."""
     bound = values.dtype.type(bound)
-    count = _count_above(values, bound)
+    return _fill_above(values, bound, _count_above(values, bound))
+
+
+def _fill_above(values: np.ndarray, bound: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` entries >= ``bound`` (counted by ``_count_above``): positions and values."""
     positions, selected = np.empty(count + 1, np.int64), np.empty(count + 1, values.dtype)
     _select_above(values, bound, positions, selected)
     return positions[:count], selected[:count]
@@ -140,9 +144,7 @@ def merge_onties_(
     if k < len(magnitudes):
         count = _count_above(magnitudes, bound) if bound > -np.inf else 0
         if count >= k:
-            candidates, values = np.empty(count + 1, np.int64), np.empty(count + 1, magnitudes.dtype)
-            _select_above(magnitudes, bound, candidates, values)
-            candidates, values, among_candidates = candidates[:count], values[:count], True
+            (candidates, values), among_candidates = _fill_above(magnitudes, bound, count), True
         threshold = np.partition(values, len(values) - k)[len(values) - k]
     _merge_onties(
         magnitudes,
