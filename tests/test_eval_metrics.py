@@ -344,7 +344,12 @@ def test_resumable_jsonl_drops_a_torn_line_and_refuses_duplicates(tmp_path):
     output.append({"id": "2", "response": "乙"})
     with path.open("a") as handle:
         handle.write('{"id": "3", "resp')  # killed mid-write
+    torn = path.read_bytes()
+    with pytest.raises(DataError, match=r"answers\.jsonl:3: incomplete last line .*run `sfmed eval generate` again"):
+        ResumableJsonl(path, written_by="sfmed eval generate", read_only=True)  # a later step only reads it
+    assert path.read_bytes() == torn  # and leaves it as it found it
     reopened = ResumableJsonl(path)
+    assert path.read_bytes() == torn  # opened by its writer: the torn line goes with the first append
     assert set(reopened.records) == {"1", "2"} and "3" not in reopened
     reopened.append({"id": "3", "response": "丙"})
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["1", "2", "3"]

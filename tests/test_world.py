@@ -237,6 +237,19 @@ def test_bad_condition_tables_name_line_and_field(tmp_path):
     assert sfmed_main(["world", "generate", f"output_dir={tmp_path / 'w'}", "held_out_fraction=1.5"]) == 2
 
 
+def test_a_prompt_index_naming_no_condition_is_refused_when_the_judge_loads(world, tmp_path):
+    kb = json.loads((world / "kb.json").read_text(encoding="utf-8"))
+    key = next(iter(kb["prompts"]))
+    for entry, message in (
+        ({**kb["prompts"][key], "condition": "不存在的病"}, "field 'condition'"),
+        ({**kb["prompts"][key], "mode": "both"}, "field 'mode': 'both'"),
+        ("普通感冒", "field 'condition'"),
+    ):
+        (tmp_path / "kb.json").write_text(json.dumps({**kb, "prompts": {key: entry}}), encoding="utf-8")
+        with pytest.raises(DataError, match=re.escape(f"kb.json: prompts[{key!r}]: {message}")):
+            KnowledgeJudge.from_world(tmp_path)
+
+
 def test_char_and_random_init_tokenizers(tmp_path):
     random_init = TinyModelSpec.random_init()
     assert (random_init.tokenizer, random_init.hidden_size, random_init.num_hidden_layers) == ("bpe", 64, 2)

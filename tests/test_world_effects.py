@@ -5,9 +5,8 @@ The session fixture ``tiny_recipe`` runs ``sfmed recipe run examples/yaml/tiny/r
 read what its stages wrote. Every stage is seeded, but diversification samples from a model served by LLaMA-Factory's
 API, which takes no seed, so everything trained after it varies from run to run: the thresholds sit below what two
 runs measured (given beside each). What the tiny model does not reach is a strict xfail that says what was measured;
-an XPASS fails the suite until the mark is dropped. One effect is reached in some runs and not in others
-(diversification's acceptances, from 6 candidates): a non-strict xfail with its measurements, until a run proposes
-enough candidates to make it certain.
+an XPASS fails the suite until the mark is dropped. One effect sits at its threshold, reached in some runs and not in
+others (the reward ensemble's held-out accuracy, 0.76-0.81 against 0.8): a non-strict xfail with its measurements.
 """
 
 from __future__ import annotations
@@ -147,9 +146,12 @@ def test_the_preference_stage_selects_from_the_judged_pairs_what_its_report_says
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="not reached (issue 13): the three tiny reward models score the held-out pairs at 0.71-0.75 (ensemble "
-    "0.761; another run 0.769), below the 0.8 the issue asks.",
+    strict=False,
+    reason="not reliably reached (issue 13): the ensemble of three tiny reward models scores the held-out pairs at "
+    "0.761, 0.769, 0.761 and 0.806 in four runs (134 pairs, so +-0.035 from run to run), at the 0.8 the issue asks. "
+    "By kind (the 0.806 run): follow-up in single-turn mode 1.00, missed contraindication 1.00, wrong drug 0.72, "
+    "repeated follow-up question 0.55. One model retrained on that run's pairs: 0.754 as configured, 0.739 with 4 "
+    "epochs, 0.724 at lr 1e-3, 0.791 at lr 1e-4 x 3 epochs (one seed each).",
 )
 def test_reward_models_rank_held_out_pairs_with_fluent_wrong_answers(tiny_recipe):
     heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
@@ -206,16 +208,12 @@ def diversify_reports(tiny_recipe) -> dict[str, dict]:
 
 def test_diversification_accounts_for_every_candidate(tiny_recipe):
     for pool, report in diversify_reports(tiny_recipe).items():
-        assert report["candidates"] >= 3, (pool, report)
+        assert report["candidates"] >= 10, (pool, report)  # 20 rounds, about one candidate a round
         assert report["accepted"] + sum(report["rejected_by_reason"].values()) == report["candidates"], (pool, report)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not reliably reached (issue 13): the tiny recipe proposes 3 candidates per pool and the world model's "
-    "are accepted about 1 time in 6, so 0 of 6 is a one-in-three outcome: measured 1, 1, 1, 2 and 0 of 6 in five "
-    "runs (the generator is served by `llamafactory-cli api`, which takes no seed). Needs more candidates per run.",
-)
 def test_diversification_with_the_world_model_as_generator_accepts_instructions(tiny_recipe):
+    """20 rounds a pool, about one candidate a round, about 1 in 4 accepted (12 of 42 candidates over seven runs of
+    3 rounds a pool): none of ~40 accepted would be a ~1e-3 event."""
     accepted = {pool: report["accepted"] for pool, report in diversify_reports(tiny_recipe).items()}
     assert sum(accepted.values()) >= 1, accepted

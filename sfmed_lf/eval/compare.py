@@ -56,7 +56,7 @@ def answers(config: EvalConfig, label: str, items: list[EvalItem]) -> dict[str, 
     path = config.answers_path(label)
     if not path.exists():
         raise DataError(f"{path} does not exist: run `sfmed eval generate` first.")
-    output = answers_file(path)
+    output = answers_file(path, read_only=True)
     stale = stale_answers(output, items)
     if stale:
         raise DataError(f"{path}: the items {stale[:3]} changed since they were answered; use a new output_dir.")

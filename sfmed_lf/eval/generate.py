@@ -26,8 +26,8 @@ from sfmed_lf.utils.provenance import check_provenance, model_fingerprint, text_
 ANSWER_FIELDS = {"id": str, "item": str, "model": str, "response": str}
 
 
-def answers_file(path: str | os.PathLike[str]) -> ResumableJsonl:
-    return ResumableJsonl(path, fields=ANSWER_FIELDS, written_by="sfmed eval generate")
+def answers_file(path: str | os.PathLike[str], read_only: bool = False) -> ResumableJsonl:
+    return ResumableJsonl(path, fields=ANSWER_FIELDS, written_by="sfmed eval generate", read_only=read_only)
 
 
 def item_prompt(item: EvalItem, system: str | None) -> Prompt:

@@ -1,8 +1,10 @@
 """Resumable JSON-lines outputs, and the fields of the rows one step writes and a later step reads.
 
 A resumable output is appended one complete line at a time and flushed to disk, keyed by a record field. After a
-kill, re-opening it drops a torn last line (the only line a kill can leave incomplete), and the step skips every key
-already present: nothing is lost and nothing is written twice.
+kill, the step that writes it re-opens it, drops a torn last line (the only line a kill can leave incomplete) before
+its first append, and skips every key already present: nothing is lost and nothing is written twice. A later step
+that only reads it (``read_only``) never changes it: a torn last line there is an error asking for the writer to be
+run again.
 
 The rows of such an intermediate file (responses, verdicts, scores, audit results, answers) are checked field by field
 where they are read (:func:`check_fields`, with the types a config option is checked against): a missing field or a
@@ -51,21 +53,33 @@ class ResumableJsonl:
     ``fields``, every line read back is checked (:func:`check_fields`)."""
 
     def __init__(
-        self, path: str | os.PathLike[str], key: str = "id", fields: Fields | None = None, written_by: str = ""
+        self,
+        path: str | os.PathLike[str],
+        key: str = "id",
+        fields: Fields | None = None,
+        written_by: str = "",
+        read_only: bool = False,
     ) -> None:
         self.path, self.key = Path(path), key
-        self.fields, self.written_by = fields or {}, written_by
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fields, self.written_by, self.read_only = fields or {}, written_by, read_only
         self.records: dict[str, dict[str, Any]] = {}
+        self._complete_bytes: int | None = None  # set when a torn last line waits to be dropped by the first append
         if self.path.exists():
             self._load()
+        elif not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def _load(self) -> None:
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
         if len(complete) != len(data):  # a torn last line from a killed run
-            with open(self.path, "r+b") as handle:
-                handle.truncate(len(complete))
+            if self.read_only:
+                by = f"`{self.written_by}`" if self.written_by else "the step that writes it"
+                line = complete.count(b"\n") + 1
+                raise DataError(
+                    f"{self.path}:{line}: incomplete last line (a killed run); run {by} again to complete the file."
+                )
+            self._complete_bytes = len(complete)
         for number, raw in enumerate(complete.splitlines(), start=1):
             if not raw.strip():
                 continue
@@ -84,9 +98,15 @@ class ResumableJsonl:
         return str(key) in self.records
 
     def append(self, record: dict[str, Any]) -> None:
+        if self.read_only:
+            raise ValueError(f"{self.path}: opened read-only.")
         key = str(record[self.key])
         if key in self.records:
             raise ValueError(f"{self.path}: {self.key}={key!r} is already written.")
+        if self._complete_bytes is not None:  # drop the torn line so the new one starts on a line of its own
+            with open(self.path, "r+b") as handle:
+                handle.truncate(self._complete_bytes)
+            self._complete_bytes = None
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()

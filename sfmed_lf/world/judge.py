@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sfmed_lf.errors import DataError
 from sfmed_lf.serving.chat_server import ChatCompletionServer
 from sfmed_lf.world.generate import prompt_key
 from sfmed_lf.world.knowledge import Condition, KnowledgeBase, population_phrase
@@ -99,6 +100,14 @@ class KnowledgeJudge:
         path = Path(world_dir) / "kb.json"
         kb = KnowledgeBase.read(path)
         prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts", {})
+        if not isinstance(prompts, dict):
+            raise DataError(f"{path}: field 'prompts': {type(prompts).__name__}, expected an object.")
+        for key, entry in prompts.items():  # checked here, not as a KeyError inside a request
+            if not isinstance(entry, dict) or entry.get("condition") not in kb.by_name:
+                raise DataError(f"{path}: prompts[{key!r}]: field 'condition': {entry!r} names no condition of it.")
+            if entry.get("mode") not in ("single", "multi"):
+                mode = entry.get("mode")
+                raise DataError(f"{path}: prompts[{key!r}]: field 'mode': {mode!r}, expected single or multi.")
         return cls(kb, prompts)
 
     # ---- what the prompt is about --------------------------------------------------------------------------------
