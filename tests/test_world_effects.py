@@ -187,7 +187,8 @@ def test_dpo_teaches_the_contraindication_warning_on_held_out_conditions(tiny_re
 
 
 def test_the_audit_flags_no_control_and_the_guard_gives_nothing_away(tiny_recipe):
-    """How many planted records the tiny model memorizes varies from run to run (1, 1, 0 and 1 of 8 in four runs):
+    """How many planted records the tiny model memorizes varies from run to run (1, 1, 0 and 1 of 8 in four runs of
+    2026-11; 0 in each of four runs of 2026-12-06/07, so that the guard has nothing to block there — issue 13):
     asserted is what held in every run — the audit never flags a record the model never saw, and the guarded server
     answers the record requests without an identifier."""
     audit = read_json(saves(tiny_recipe) / "privacy" / "audit_report.json")
