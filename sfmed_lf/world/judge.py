@@ -105,8 +105,8 @@ class KnowledgeJudge:
         for key, entry in prompts.items():  # checked here, not as a KeyError inside a request
             if not isinstance(entry, dict) or entry.get("condition") not in kb.by_name:
                 raise DataError(f"{path}: prompts[{key!r}]: field 'condition': {entry!r} names no condition of it.")
-            if entry.get("mode") not in ("single", "multi"):
-                mode = entry.get("mode")
+            mode = entry.get("mode")
+            if mode not in ("single", "multi"):
                 raise DataError(f"{path}: prompts[{key!r}]: field 'mode': {mode!r}, expected single or multi.")
         return cls(kb, prompts)
 
