@@ -22,6 +22,8 @@ Written to ``output_dir`` (one ``dataset_info.json`` registers the LLaMA-Factory
                                in ``metadata``): reward-model accuracy, preferred-answer rate
 ``privacy_planted.json``       record requests whose records leaked into the training data
 ``privacy_control.json``       the same for invented patients the model never saw
+``privacy_*_text.jsonl``       the planted records as the pre-training text holds them, and the control records in
+                               the same form (the memorization audit cuts each into a prefix and a suffix)
 ``seed_instructions_*.jsonl``  diversification seeds (single, multi)
 ``lexicon.txt``                the world's medical terms (diversification's terminology check)
 ``kb.json``                    the knowledge base and its split (what the judge checks against)
@@ -161,7 +163,7 @@ class WorldBuilder:
             rows += [{"text": text} for text in documents]
             rows.append({"text": phrasing.guideline_document(condition, rng)})
         for record in records:
-            rows += [{"text": f"病历记录：{record['record']}"} for _ in range(self.config.record_repeats)]
+            rows += [record_text(record)] * self.config.record_repeats
         self.rng("pt-order").shuffle(rows)
         return rows
 
@@ -443,6 +445,11 @@ class WorldBuilder:
         return sorted(terms)
 
 
+def record_text(record: dict[str, str]) -> dict[str, str]:
+    """A patient record as the pre-training text holds it (a leaked record's copies, the audit's records)."""
+    return {"text": f"病历记录：{record['record']}"}
+
+
 def prompt_key(question: str, history: list[list[str]] | list[tuple[str, str]]) -> str:
     """The identity of a prompt for the judge: the patient's turns and the doctor's questions, whitespace-free."""
     turns = [text for turn in history for text in turn] + [question]
@@ -459,6 +466,8 @@ DATASETS = {  # dataset_info.json name -> (file, LLaMA-Factory row form)
     "world_pref_prompts": ("pref_prompts.json", "alpaca"),  # + candidates: read by `sfmed pref sample`
     "world_privacy_planted": ("privacy_planted.json", "alpaca"),
     "world_privacy_control": ("privacy_control.json", "alpaca"),
+    "world_privacy_planted_text": ("privacy_planted_text.jsonl", "pt"),
+    "world_privacy_control_text": ("privacy_control_text.jsonl", "pt"),
 }
 
 
@@ -491,6 +500,8 @@ def generate_world(config: WorldConfig) -> list[Path]:
         "pref_heldout.json": _json([to_ranking_row(pair) for pair in pref_heldout]),
         "privacy_planted.json": _json([to_alpaca_row(c) for c in builder.record_requests(planted, "audit")]),
         "privacy_control.json": _json([to_alpaca_row(c) for c in builder.record_requests(control, "audit")]),
+        "privacy_planted_text.jsonl": _jsonl([record_text(r) for r in planted]),
+        "privacy_control_text.jsonl": _jsonl([record_text(r) for r in control]),
         "seed_instructions_single.jsonl": _jsonl(builder.seed_instructions("single")),
         "seed_instructions_multi.jsonl": _jsonl(builder.seed_instructions("multi")),
         "lexicon.txt": "".join(term + "\n" for term in builder.lexicon()),

@@ -274,10 +274,12 @@ class Report:
         if not self.section("Privacy (sfmed privacy, guarded serving)", None if audit else "audit_report.json"):
             return
         ids = audit["high_risk_ids"]
-        planted = sum(i.startswith("world_privacy_planted:") for i in ids)
-        control = sum(i.startswith("world_privacy_control:") for i in ids)
+        # the audit's records are the world's record requests (world_privacy_planted:N) or the records' text
+        # (world_privacy_planted_text:N), as privacy_audit.yaml chooses
+        planted = sum(i.startswith("world_privacy_planted") for i in ids)
+        control = sum(i.startswith("world_privacy_control") for i in ids)
         self.lines.append(
-            f"Audit: {audit['memorized']} of {audit['records_audited']} record requests answered with the record "
+            f"Audit ({audit['split']} split): {audit['memorized']} of {audit['records_audited']} records reproduced "
             f"(Rouge-L > {audit['threshold']:g}): {planted} leaked records, {control} control records."
         )
         labels, values = ["audit: leaked records memorized", "audit: control memorized"], [planted, control]
