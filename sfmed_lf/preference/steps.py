@@ -156,7 +156,7 @@ class Select(Step[PreferenceConfig]):
     help = "mean strength; flip the weakest, drop the strongest; write the DPO dataset"
 
     def run(self, config: PreferenceConfig) -> list[Path]:
-        from sfmed_lf.preference.select import select_pairs
+        from sfmed_lf.preference.dpo_dataset import select_pairs
 
         return select_pairs(config)
 
