@@ -163,14 +163,14 @@ def test_reward_models_rank_held_out_pairs_with_fluent_wrong_answers(tiny_recipe
 
 def test_reward_models_rank_held_out_pairs_above_chance(tiny_recipe):
     heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
-    assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.761, 0.769 of 134
+    assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.739-0.806 of 134
 
 
 def test_dpo_raises_the_preferred_answer_rate_over_sft(tiny_recipe):
     models = read_json(saves(tiny_recipe) / "measure" / "measure.json")["models"]
     sft = models["SFT"]["preferred_answer_rate"]["All"]["rate"]
-    # measured at p = 0.1, alpha = 0.001 (SFT -> OnDARE / OnTIES): 0.485 -> 0.612 / 0.791 on the demo's selected
-    # pairs; 0.500 -> 0.604 / 0.813 on the world's pairs (benchmarks/alignment_tax.py, seed 0)
+    # measured at p = 0.1, alpha = 0.001 (SFT -> OnDARE / OnTIES): 0.485 -> 0.612 / 0.791 and 0.478 -> 0.612 / 0.761
+    # on two runs' selected pairs; 0.500 -> 0.604 / 0.813 on the world's pairs (benchmarks/alignment_tax.py, seed 0)
     for name in ("DPO (OnDARE)", "DPO (OnTIES)"):
         assert models[name]["preferred_answer_rate"]["All"]["rate"] >= sft + 0.05, (name, models[name], sft)
 
@@ -180,16 +180,17 @@ def test_dpo_teaches_the_contraindication_warning_on_held_out_conditions(tiny_re
     models = read_json(saves(tiny_recipe) / "measure" / "measure.json")["models"]
     kind = "missed_contraindication"
     sft, dpo = (models[name]["preferred_answer_rate"][kind] for name in ("SFT", "DPO (OnDARE)"))
-    assert dpo["n"] >= 25 and dpo["rate"] >= sft["rate"] + 0.15, (sft, dpo)  # measured: 0.29 -> 0.61, 0.32 -> 0.65
-    assert models["DPO (OnDARE)"]["reward_accuracy"][kind]["rate"] >= 0.55  # measured 0.71, 0.65
+    # measured: 0.29 -> 0.61, 0.32 -> 0.65 at p = 0.3, alpha = 0.01; 0.39 -> 0.81, 0.29 -> 0.68 at p = 0.1, 0.001
+    assert dpo["n"] >= 25 and dpo["rate"] >= sft["rate"] + 0.15, (sft, dpo)
+    assert models["DPO (OnDARE)"]["reward_accuracy"][kind]["rate"] >= 0.55  # measured 0.71, 0.65; 0.97, 1.00
 
 
 def test_the_audit_finds_the_planted_records_and_no_control_and_the_guard_gives_nothing_away(tiny_recipe):
     """The audit gives the SFT model the start of each record as the pre-training text held it: the planted records
     (12 copies an epoch in CPT) come back whole, records of patients it never saw do not (measured in two runs: 7 and
     5 of 8 planted at Rouge-L >= 0.96, every control <= 0.61; about 3 in 4 records memorized, so fewer than 3 of 8
-    would be a ~0.4 % event). Asked for the records through the chat server, neither server gives
-    a planted patient's identifier away, the guarded one by construction of its database."""
+    would be a ~0.4 % event). Asked for the records through the chat server, the model answers as in a consultation
+    (issue 13): neither server gives an identifier away, so the guard has nothing to block there."""
     audit = read_json(saves(tiny_recipe) / "privacy" / "audit_report.json")
     flagged = audit["high_risk_ids"]
     assert all(i.startswith("world_privacy_planted_text:") for i in flagged), flagged
