@@ -20,8 +20,10 @@ reward accuracy against the SFT model (``sfmed world measure``). Tax: held-out m
 Means and standard deviations over seeds; the online merging defaults in force are those of the checkout
 (sfmed_lf/merging/config.py), written into the results.
 
-    python benchmarks/alignment_tax.py                      # 3 seeds (about 20-25 min on two idle cores)
+    python benchmarks/alignment_tax.py                      # 3 seeds; trains CPT and SFT first (~15 min more)
     python benchmarks/alignment_tax.py --models saves/tiny  # reuse the demo's world, CPT and SFT models
+
+Each seed took about 9.5 min on the 2-core machine (2026-12-07, --mcq-items 100).
 
 Results: benchmarks/results/alignment_tax.{json,md,png}.
 """
@@ -29,6 +31,7 @@ Results: benchmarks/results/alignment_tax.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -312,11 +315,17 @@ def main() -> None:
         print(f"seed {seed}: {json.dumps(results, ensure_ascii=False)}", flush=True)
     table = summarise(per_seed, sft_result)
     elapsed = time.perf_counter() - started
-    defaults = (
-        {key: str(value) for key, value in vars(OnlineMergingConfig()).items()}
-        if hasattr(OnlineMergingConfig, "__dataclass_fields__")
-        else {}
-    )
+    # the merging settings in force: the DPO YAML's (overridden per run by --settings) and the config's own defaults
+    # (OnlineMergingConfig needs method, p and alpha, so it cannot be built bare)
+    dpo_yaml = yaml.safe_load((ROOT / "examples" / "yaml" / "tiny" / "dpo.yaml").read_text(encoding="utf-8"))
+    defaults = {
+        "dpo_yaml": {key: value for key, value in dpo_yaml.items() if key.startswith("sfmed_merge_")},
+        "config": {
+            field.name: str(field.default)
+            for field in dataclasses.fields(OnlineMergingConfig)
+            if field.default is not dataclasses.MISSING
+        },
+    }
     result = {
         "seeds": arguments.seeds,
         "settings": arguments.settings,
