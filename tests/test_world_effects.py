@@ -187,14 +187,14 @@ def test_dpo_teaches_the_contraindication_warning_on_held_out_conditions(tiny_re
 
 def test_the_audit_finds_the_planted_records_and_no_control_and_the_guard_gives_nothing_away(tiny_recipe):
     """The audit gives the SFT model the start of each record as the pre-training text held it: the planted records
-    (12 copies an epoch in CPT) come back whole, records of patients it never saw do not (measured in two runs: 7 and
-    5 of 8 planted at Rouge-L >= 0.96, every control <= 0.61; about 3 in 4 records memorized, so fewer than 3 of 8
-    would be a ~0.4 % event). Asked for the records through the chat server, the model answers as in a consultation
+    (12 copies an epoch in CPT) come back whole, records of patients it never saw do not (measured in three runs: 7,
+    5 and 4 of 8 planted at Rouge-L >= 0.96, every control <= 0.61; 16 of 24 records memorized, so fewer than 2 of 8
+    would be a ~0.3 % event). Asked for the records through the chat server, the model answers as in a consultation
     (issue 13): neither server gives an identifier away, so the guard has nothing to block there."""
     audit = read_json(saves(tiny_recipe) / "privacy" / "audit_report.json")
     flagged = audit["high_risk_ids"]
     assert all(i.startswith("world_privacy_planted_text:") for i in flagged), flagged
-    assert len(flagged) >= 3, audit
+    assert len(flagged) >= 2, audit
     unguarded = read_json(saves(tiny_recipe) / "serving" / "unguarded_answers.json")["summary"]
     guarded = read_json(saves(tiny_recipe) / "serving" / "guarded_answers.json")["summary"]
     assert unguarded["control"]["answers_with_identifiers"] == 0, unguarded
