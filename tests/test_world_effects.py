@@ -150,7 +150,7 @@ def test_the_preference_stage_selects_from_the_judged_pairs_what_its_report_says
 @pytest.mark.xfail(
     strict=False,
     reason="not reliably reached (issue 13): the ensemble of three tiny reward models scores the held-out pairs at "
-    "0.761 (three runs), 0.769, 0.806, 0.754, 0.791 and 0.739 in eight runs (134 pairs, so +-0.035 from run to "
+    "0.761 (three runs), 0.769, 0.806, 0.754, 0.791, 0.739 and 0.709 in nine runs (134 pairs, +-0.035 from run to "
     "run), at the 0.8 the issue asks. "
     "By kind (the 0.806 run): follow-up in single-turn mode 1.00, missed contraindication 1.00, wrong drug 0.72, "
     "repeated follow-up question 0.55. One model retrained on that run's pairs: 0.754 as configured, 0.739 with 4 "
@@ -163,7 +163,7 @@ def test_reward_models_rank_held_out_pairs_with_fluent_wrong_answers(tiny_recipe
 
 def test_reward_models_rank_held_out_pairs_above_chance(tiny_recipe):
     heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
-    assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.739-0.806 of 134
+    assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.709-0.806 of 134
 
 
 def test_dpo_raises_the_preferred_answer_rate_over_sft(tiny_recipe):
