@@ -17,8 +17,8 @@ directory holding world/, pt/ and sft/), for each seed:
 Reward: the preferred-answer rate on the world's held-out pairs (conditions no preference data covers) and DPO's
 reward accuracy against the SFT model (``sfmed world measure``). Tax: held-out multiple-choice accuracy
 (``sfmed eval generate`` + ``mcq``) and general-domain loss (``sfmed world measure``), each against the SFT model.
-Means and standard deviations over seeds; the online merging defaults in force are those of the checkout
-(sfmed_lf/merging/config.py), written into the results.
+Means and standard deviations over seeds; the merging settings in force (the DPO YAML's ``sfmed_merge_*`` and the
+defaults of sfmed_lf/merging/config.py) are written into the results.
 
     python benchmarks/alignment_tax.py                      # 3 seeds; trains CPT and SFT first (~15 min more)
     python benchmarks/alignment_tax.py --models saves/tiny  # reuse the demo's world, CPT and SFT models
@@ -54,6 +54,7 @@ from sfmed_lf.merging.config import OnlineMergingConfig  # noqa: E402
 from sfmed_lf.utils.plotting import png_bytes, pyplot  # noqa: E402
 
 BIN = Path(sys.executable).parent
+DPO_YAML = "examples/yaml/tiny/dpo.yaml"  # every DPO run's settings, relative to ROOT
 
 
 def run(*args: str) -> None:
@@ -120,7 +121,7 @@ def dpo(base: Path, pairs: Path, output: Path, seed: int, *merging: str) -> None
     run(
         "llamafactory-cli",
         "train",
-        "examples/yaml/tiny/dpo.yaml",
+        DPO_YAML,
         f"model_name_or_path={base / 'sft'}",
         f"sfmed_merge_base_model={base / 'pt'}",
         f"dataset_dir={pairs}",
@@ -317,7 +318,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     # the merging settings in force: the DPO YAML's (overridden per run by --settings) and the config's own defaults
     # (OnlineMergingConfig needs method, p and alpha, so it cannot be built bare)
-    dpo_yaml = yaml.safe_load((ROOT / "examples" / "yaml" / "tiny" / "dpo.yaml").read_text(encoding="utf-8"))
+    dpo_yaml = yaml.safe_load((ROOT / DPO_YAML).read_text(encoding="utf-8"))
     defaults = {
         "dpo_yaml": {key: value for key, value in dpo_yaml.items() if key.startswith("sfmed_merge_")},
         "config": {
