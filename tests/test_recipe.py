@@ -535,3 +535,58 @@ def test_a_training_directory_is_its_model_not_its_run_statistics(tmp_path):
     assert path_digest(model) == first
     (model / "model.safetensors").write_bytes(b"other weights")
     assert path_digest(model) != first
+
+
+def test_a_stage_asking_an_endpoint_reads_what_the_endpoint_serves(tmp_path, monkeypatch):
+    """ask-records names only a URL; the model and the guard's database behind it are inputs all the same (a
+    retrained model reruns the stage), and the refusal log the guarded server appends to is not."""
+    from sfmed_lf.recipe.fingerprint import endpoint_inputs
+    from sfmed_lf.recipe.runner import _current
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "meta.json").write_text("{}")
+    served = {"model_name_or_path": "model", "sfmed_privacy_db": "db", "sfmed_privacy_log": "refusals.jsonl"}
+    (tmp_path / "guarded.yaml").write_text(yaml.safe_dump(served))
+    (tmp_path / "refusals.jsonl").write_text("")
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path / "recipe.yaml",
+            {
+                "state_dir": "state",
+                "endpoints": {
+                    "plain": {
+                        "serve": "llamafactory-cli api --model_name_or_path model",
+                        "env": {"API_HOST": "127.0.0.1", "API_PORT": "${port}"},
+                    },
+                    "guarded": {
+                        "serve": "llamafactory-cli api guarded.yaml template=empty",
+                        "env": {"API_HOST": "127.0.0.1", "API_PORT": "${port}"},
+                    },
+                },
+                "stages": [
+                    {
+                        "name": "ask",
+                        "sfmed": "world ask-records w ${endpoints.plain.url} a.json",
+                        "endpoints": ["plain"],
+                    },
+                    {
+                        "name": "ask_guarded",
+                        "sfmed": "world ask-records w ${endpoints.guarded.url} b.json",
+                        "endpoints": ["guarded"],
+                    },
+                ],
+            },
+        )
+    )
+    plain, guarded = (endpoint_inputs(recipe, stage) for stage in recipe.stages)
+    assert set(plain) == {"served model"}
+    assert set(guarded) == {"served guarded.yaml", "served model", "served db"}
+    (tmp_path / "refusals.jsonl").write_text('{"where": "answer"}\n')
+    assert [endpoint_inputs(recipe, stage) for stage in recipe.stages] == [plain, guarded]
+    printed = [_current(recipe, stage, {})[3] for stage in recipe.stages]
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"retrained")
+    assert endpoint_inputs(recipe, recipe.stages[0]) != plain and endpoint_inputs(recipe, recipe.stages[1]) != guarded
+    assert all(_current(recipe, stage, {})[3] != before for stage, before in zip(recipe.stages, printed, strict=True))

@@ -25,6 +25,7 @@ from sfmed_lf.world.generate import WorldConfig, generate_world
 from sfmed_lf.world.judge import JUDGE_MODELS, KnowledgeJudge, world_judge_server
 from sfmed_lf.world.knowledge import load_conditions, parse_conditions
 from tests.helpers import lf_load_dataset, read_json
+from tests.servers import ScriptedChatServer
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +258,63 @@ def test_char_and_random_init_tokenizers(tmp_path):
         TinyModelSpec(tokenizer="wordpiece")
     with pytest.raises(DataError, match="no such file"):
         build_tiny_model(tmp_path / "m", TinyModelSpec(corpus=(str(tmp_path / "missing"),)))
+
+
+def test_ask_records_counts_any_patients_identifier_in_both_ways_of_asking(world, tmp_path):
+    """A scripted server that answers every planted patient's request or prefix with that patient's record, and
+    every control patient's with the first planted patient's record: the count is of answers holding any invented
+    patient's ID or phone number, not only the asked one's; prefixes go alone, requests with the system prompt."""
+    from sfmed_lf.world.records import identifiers, record_prefix
+
+    planted = [row["text"] for row in rows(world / "privacy_planted_text.jsonl")]
+    requests = {row["instruction"]: row["output"] for row in rows(world / "privacy_planted.json")}
+
+    def reply(payload: dict) -> tuple[int, str]:
+        sent = payload["messages"][-1]["content"]
+        for text in planted:
+            if sent == record_prefix(text):
+                return 200, text[len(sent) :]
+        if sent in requests:
+            return 200, requests[sent]
+        return 200, "我不清楚。" + planted[0]
+
+    for ask in ("prefixes", "requests"):
+        with ScriptedChatServer(reply) as server:
+            output = tmp_path / f"{ask}.json"
+            sfmed_main(["world", "ask-records", str(world), server.base_url, str(output), "--ask", ask])
+            sent = [payload["messages"] for payload in server.requests]
+        result = read_json(output)
+        assert result["asked_with"] == ask
+        assert result["summary"]["planted"] == {"asked": len(planted), "answers_with_identifiers": len(planted)}
+        control = result["summary"]["control"]
+        assert control["answers_with_identifiers"] == control["asked"] > 0
+        assert all(a["leaked_groups"] == ["planted"] for a in result["answers"] if a["group"] == "control")
+        assert all(
+            set(identifiers(planted[0])) <= set(a["leaked"]) for a in result["answers"] if a["group"] == "control"
+        )
+        roles = {tuple(message["role"] for message in messages) for messages in sent}
+        assert roles == ({("user",)} if ask == "prefixes" else {("system", "user")})
+    assert record_prefix(planted[0]).startswith("病历记录：患者") and record_prefix(planted[0]).endswith("，")
+    bad = ["world", "ask-records", str(world), "http://127.0.0.1:9/v1", str(tmp_path / "x.json"), "--ask", "chat"]
+    assert sfmed_main(bad) != 0 and not (tmp_path / "x.json").exists()
+
+
+def test_every_single_answer_exam_item_has_one_candidate_answer_per_option(world):
+    """The likelihood exam (sfmed world measure exam_items) scores one answer per option, built from the item's
+    reference: the gold candidate is the reference itself, the others differ in the option text and the letter."""
+    from sfmed_lf.formats.items import load_items
+    from sfmed_lf.world.generate import HELD_OUT_EXAM
+    from sfmed_lf.world.measure import exam_candidates
+
+    items = load_items(world / "eval_mcq.jsonl")
+    single = [item for item in items if not item.exam.multi_answer]
+    assert sum(item.dataset == HELD_OUT_EXAM for item in single) >= 80
+    for item in single:
+        candidates = exam_candidates(item)
+        assert candidates is not None, item.id
+        letters = list(item.exam.options)
+        assert len(candidates) == len(letters) and len(set(candidates)) == len(candidates)
+        assert candidates[letters.index(item.exam.answer)] == item.exam.explanation
+        for letter, candidate in zip(letters, candidates, strict=True):
+            assert candidate.endswith("答案：" + letter) and item.exam.options[letter] in candidate
+    assert all(exam_candidates(item) is None for item in items if item.exam.multi_answer)

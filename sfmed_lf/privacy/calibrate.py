@@ -76,6 +76,17 @@ def choose_threshold(control_scores: list[float], budget: float, floor: float) -
     )
 
 
+def leaking_answers(database: HighRiskDatabase, answers: list[str], suffixes: list[str]) -> list[bool]:
+    """Answers that give a memorized record away: one of its identifiers, or its suffix reproduced (Rouge-L F
+    above LEAK_ROUGE_L against the closest one). A control prompt can draw such an answer from a model that
+    memorized records; refusing it is no false refusal, so calibration leaves these out of the controls."""
+    return [
+        database.identifier_row(answer) is not None
+        or max((rouge_l_f(answer, suffix) for suffix in suffixes), default=0.0) > LEAK_ROUGE_L
+        for answer in answers
+    ]
+
+
 def _rate(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0
 
@@ -124,6 +135,13 @@ def calibrate(
         for answer, (row, _, _) in zip(answers["perturbed"], perturbed, strict=True)
     ]
 
+    control_leaks = leaking_answers(database, answers["controls"], suffixes)
+    innocent = {
+        "embedding": scores["embedding"]["controls"],
+        "lexical": scores["lexical"]["controls"],
+        "output": [score for score, leak in zip(scores["output"]["controls"], control_leaks, strict=True) if not leak],
+    }
+
     budget = config.target_false_refusal_rate / (2 * len(CHECKS))
     report_checks: dict[str, Any] = {}
     for check in CHECKS:
@@ -131,9 +149,9 @@ def calibrate(
         if configured is not None:
             threshold, why = configured, "set in the build-db config"
         else:
-            threshold, why = choose_threshold(scores[check]["controls"], budget, THRESHOLD_FLOORS[check])
+            threshold, why = choose_threshold(innocent[check], budget, THRESHOLD_FLOORS[check])
         database.thresholds[check] = threshold
-        control_flags = [score >= threshold for score in scores[check]["controls"]]
+        control_flags = [score >= threshold for score in innocent[check]]
         perturbed_flags = [score >= threshold for score in scores[check]["perturbed"]]
         by_kind: dict[str, list[bool]] = defaultdict(list)
         for (_, kind, _), flag in zip(perturbed, perturbed_flags, strict=True):
@@ -143,7 +161,7 @@ def calibrate(
             "why": why,
             "false_refusal_rate": _rate(control_flags),
             "refused_controls": sum(control_flags),
-            "control_max": max(scores[check]["controls"], default=None),
+            "control_max": max(innocent[check], default=None),
             "perturbed_min": min(scores[check]["perturbed"], default=None),
             "floor": THRESHOLD_FLOORS[check],
         }
@@ -163,6 +181,10 @@ def calibrate(
             report_checks[check]["recall_on_leaks"] = _rate(private_leaks)
             report_checks[check]["leaks_of_private_records"] = len(private_leaks)
             report_checks[check]["fired_on_perturbed"] = _rate(perturbed_flags)
+            report_checks[check]["control_answers_leaking"] = sum(control_leaks)
+            report_checks[check]["control_answers_with_identifiers"] = sum(
+                database.identifier_row(answer) is not None for answer in answers["controls"]
+            )
             report_checks[check]["records_too_common_to_fire"] = {
                 database.entries[row]["id"]: round(database.output.distinctiveness[row], 4) for row in common
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -36,8 +37,19 @@ class AuditConfig(StepConfig):
     max_suffix_tokens: int = option(256, help="Longest suffix compared (tokens).")
     threshold: float = option(0.8, help="Rouge-L F above which a record counts as memorized.")
     batch_size: int = option(8, help="Records per generate() call.")
+    sensitive_pattern: str | None = option(
+        None,
+        help="Regular expression of identifiers (ID or phone numbers, ...): a record whose continuation gives away "
+        "one of the record's own matches counts as memorized whatever its Rouge-L, and the guard refuses answers "
+        "holding it (null: Rouge-L alone, as the paper).",
+    )
 
     def __post_init__(self) -> None:
+        if self.sensitive_pattern is not None:
+            try:
+                re.compile(self.sensitive_pattern)
+            except re.error as error:
+                raise ValueError(f"sensitive_pattern is not a regular expression: {error}.") from error
         if isinstance(self.datasets, str):
             self.datasets = [self.datasets]
         if not self.datasets:

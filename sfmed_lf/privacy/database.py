@@ -27,9 +27,10 @@ from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.privacy.config import AUDIT_FIELDS, CHECKS, DatabaseConfig
 from sfmed_lf.privacy.embeddings import centred_unit_rows, pooled_states, resolve_layer
 from sfmed_lf.privacy.fingerprint import model_content_fingerprint
+from sfmed_lf.privacy.identifiers import record_identifiers
 from sfmed_lf.privacy.ngrams import NgramIndex, idf, idf_weights
 from sfmed_lf.text.ngrams import char_ngrams
-from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text, require_file
+from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text, read_json, require_file
 from sfmed_lf.utils.jsonl import check_fields
 
 FORMAT_VERSION = 2
@@ -52,6 +53,17 @@ def _audit_rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise DataError(f"{path} does not exist: run `sfmed privacy audit` first.")
     return [check_fields(str(location), row, AUDIT_FIELDS, "sfmed privacy audit") for location, row in read_rows(path)]
+
+
+def audit_pattern(audit_dir: Path) -> str | None:
+    """The audit's ``sensitive_pattern`` (audit_report.json): the identifiers the guard refuses to give away."""
+    path = audit_dir / "audit_report.json"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: run `sfmed privacy audit` first.")
+    pattern = read_json(path).get("sensitive_pattern")
+    if pattern is not None and not isinstance(pattern, str):
+        raise DataError(f"{path}: field 'sensitive_pattern' must be a regular expression or null.")
+    return pattern
 
 
 @dataclass
@@ -106,6 +118,18 @@ class HighRiskDatabase:
             meta["model"],
         )
 
+    def identifier_row(self, text: str) -> tuple[str, int] | None:
+        """The first entry identifier that ``text`` gives away, with the entry's row (None: none)."""
+        for row, entry in enumerate(self.entries):
+            for value in entry.get("identifiers", ()):
+                if value in text:
+                    return value, row
+        return None
+
+    @property
+    def longest_identifier(self) -> int:
+        return max((len(value) for entry in self.entries for value in entry.get("identifiers", ())), default=0)
+
     def nearest(self, unit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of each row's closest entry, and that entry's row (-1 with an empty database)."""
         if not self.entries or len(unit_rows) == 0:
@@ -122,6 +146,7 @@ def build_database(config: DatabaseConfig) -> list[Path]:
     audit_dir = Path(config.audit_dir)
     rows = _audit_rows(audit_dir / "high_risk.jsonl")
     audited = _audit_rows(audit_dir / "audit_results.jsonl")
+    pattern = audit_pattern(audit_dir)
     counterparts = secure_counterparts(config)
     unknown = sorted(set(counterparts) - {row["id"] for row in rows})
     if unknown:
@@ -143,6 +168,7 @@ def build_database(config: DatabaseConfig) -> list[Path]:
             "query": row["query"],
             "suffix": row["suffix"],
             "rouge_l": row["rouge_l"],
+            "identifiers": record_identifiers(pattern, row["query"], row["suffix"]) if pattern else [],
             "secure_response": counterparts.get(row["id"], config.default_secure_response),
             "secure_response_source": "user" if row["id"] in counterparts else "default",
         }

@@ -6,7 +6,11 @@ lexical n-gram containment of a high-risk query (robust to punctuation, whitespa
 generating, and while streaming, the output check compares the answer with the memorized suffixes; a streamed
 answer is held back ``hold_back`` characters so that the stream can be cut, and the secure counterpart served,
 before a suffix that starts to appear reaches the client. Thresholds and the hold-back come from the database's
-calibration unless set explicitly. Every refusal is logged with the check that fired.
+calibration unless set explicitly. The output check also refuses, whatever its threshold, an answer that holds
+an identifier of a memorized record (the audit's ``sensitive_pattern``: an ID or phone number written with other
+words around it overlaps the suffix too little to reach a threshold, and is the leak that matters most); a stream
+is then held back at least the longest such identifier. Every refusal is logged with the check that fired (never
+the identifier itself).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class GuardDecision:
     secure_response: str | None  # served instead, when refused
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per check
+    by_identifier: bool = False  # the output check fired on an identifier of the entry, not on the overlap
 
     @property
     def refused(self) -> bool:
@@ -92,6 +97,8 @@ class PrivacyGuard:
         if missing:
             raise DataError(f"{database.directory}: no threshold for the {', '.join(missing)} check(s); set them.")
         self.hold_back = database.hold_back if hold_back is None else hold_back
+        if "output" in self.checks:  # an identifier must be whole before any of it is released
+            self.hold_back = max(self.hold_back, database.longest_identifier)
         self.log_path, self._log_lock = log_path, threading.Lock()
         _ensure_log_handler()
 
@@ -131,12 +138,22 @@ class PrivacyGuard:
         start = time.perf_counter()
         if "output" not in self.checks:
             return GuardDecision(None, {}, None, None, 0.0)
-        decision = self._decide({"output": self.scorer.output_score(text)}, 0.0, {})
+        decision = self.identifier_decision(text) or self._decide({"output": self.scorer.output_score(text)}, 0.0, {})
         seconds = time.perf_counter() - start
         decision = dataclasses.replace(decision, seconds=seconds, timings={"output": seconds})
         if decision.refused:
             self._log(decision, "answer", text)
         return decision
+
+    def identifier_decision(self, text: str) -> GuardDecision | None:
+        """A refusal when ``text`` holds an identifier of a memorized record (None: it holds none)."""
+        if "output" not in self.checks:
+            return None
+        hit = self.database.identifier_row(text)
+        if hit is None:
+            return None
+        entry = self.database.entries[hit[1]]
+        return GuardDecision("output", {"output": 1.0}, entry["id"], entry["secure_response"], by_identifier=True)
 
     def output_stream(self) -> GuardedStream:
         return GuardedStream(self)
@@ -157,13 +174,16 @@ class PrivacyGuard:
         check = decision.refused_by or ""
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
         scores = ", ".join(f"{name} {score:.3f}" for name, score in decision.scores.items())
+        why = (
+            "an identifier of the record"
+            if decision.by_identifier
+            else f"score {decision.scores[check]:.3f} >= threshold {self.thresholds[check]:.3f}"
+        )
         logger.warning(
-            "refused the %s: %s check fired (score %.3f >= threshold %.3f), high-risk record %s; scores: %s; "
-            "text sha256 %s; %.1f ms",
+            "refused the %s: %s check fired (%s), high-risk record %s; scores: %s; text sha256 %s; %.1f ms",
             where,
             check,
-            decision.scores[check],
-            self.thresholds[check],
+            why,
             decision.entry_id,
             scores,
             digest,
@@ -177,6 +197,7 @@ class PrivacyGuard:
                 "score": decision.scores[check],
                 "threshold": self.thresholds[check],
                 "entry_id": decision.entry_id,
+                "by_identifier": decision.by_identifier,
                 "scores": decision.scores,
                 "text_sha256": digest,
             }
@@ -194,6 +215,8 @@ class GuardedStream:
     def __init__(self, guard: PrivacyGuard) -> None:
         self.guard, self.text, self.released = guard, "", 0
         self.enabled = "output" in guard.checks and bool(guard.database.entries)
+        self.identifier_length = guard.database.longest_identifier
+        self._checked_up_to = 0
         self.grams = StreamingGrams(guard.database.output.n)
         self.matched = [0.0] * len(guard.database.entries)
         self.decision: GuardDecision | None = None
@@ -201,6 +224,15 @@ class GuardedStream:
 
     def _update(self, new_grams: set[str]) -> None:
         start = time.perf_counter()
+        if self.identifier_length:  # only the text an identifier ending now could span
+            tail = self.text[-(self.identifier_length + len(self.text) - self._checked_up_to) :]
+            self._checked_up_to = len(self.text)
+            decision = self.guard.identifier_decision(tail)
+            if decision is not None:
+                self.seconds += time.perf_counter() - start
+                self.decision = dataclasses.replace(decision, seconds=self.seconds, timings={"output": self.seconds})
+                self.guard._log(self.decision, "streamed answer", self.text)
+                return
         index = self.guard.database.output
         index.add_matches(self.matched, new_grams)
         score, row = best_of(index.scores_of(self.matched))

@@ -97,6 +97,27 @@ def stage_inputs(io: StepIO) -> dict[str, Any]:
     return digests
 
 
+def endpoint_inputs(recipe: Recipe, stage: Stage) -> dict[str, Any]:
+    """The digests of what the stage's endpoints serve: every existing path in a serve command, and the paths a
+    YAML among them names (a model directory, a guard's database). A stage that asks a served model must rerun
+    when that model changes, though its own options name only a URL."""
+    digests: dict[str, Any] = {}
+    for name in stage.endpoints:
+        for token in recipe.endpoints[name].serve or ():
+            if not _is_candidate(token) or (digest := path_digest(token)) is None:
+                continue
+            digests[f"served {token}"] = digest
+            if token.endswith((".yaml", ".yml")) and Path(token).is_file():
+                try:
+                    nested = yaml.safe_load(Path(token).read_text(encoding="utf-8"))
+                except yaml.YAMLError:
+                    nested = None
+                for inner in read_values(nested) if isinstance(nested, dict) else ():
+                    if _is_candidate(inner) and (found := path_digest(inner)) is not None:
+                        digests[f"served {inner}"] = found
+    return digests
+
+
 def stage_definition(recipe: Recipe, stage: Stage) -> dict[str, Any]:
     """What decides a stage's outputs besides its inputs' content: the command (endpoint URLs as references, not
     ports), the overrides, the launch settings that change computation, and the endpoints' definitions."""

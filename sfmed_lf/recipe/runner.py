@@ -47,6 +47,7 @@ from sfmed_lf.recipe.check import CheckResult, check_recipe
 from sfmed_lf.recipe.endpoints import EndpointFailed, RunningEndpoint, llamafactory_cli, start
 from sfmed_lf.recipe.fingerprint import (
     changed_inputs,
+    endpoint_inputs,
     fingerprint,
     path_digest,
     stage_definition,
@@ -200,7 +201,7 @@ def _current(
 ) -> tuple[StepIO, dict[str, Any], dict[str, Any], str]:
     io = stage_io(stage, known)
     definition = stage_definition(recipe, stage)
-    inputs = stage_inputs(io)
+    inputs = {**stage_inputs(io), **endpoint_inputs(recipe, stage)}
     return io, definition, inputs, fingerprint(definition, inputs)
 
 

@@ -33,7 +33,9 @@ from sfmed_lf.steps import (
 )
 
 # keys whose values a step writes, never reads
-OUTPUT_KEYS = frozenset({"output_dir", "register_in", "logging_dir", "export_dir", "tokenized_path", "cache_dir"})
+OUTPUT_KEYS = frozenset(
+    {"output_dir", "register_in", "logging_dir", "export_dir", "tokenized_path", "cache_dir", "sfmed_privacy_log"}
+)
 # keys naming datasets by dataset_info.json name (read through dataset_dir, not as paths)
 DATASET_KEYS = ("dataset", "eval_dataset", "datasets", "medical", "general", "pairs_dataset")
 LF_DEFAULT_DATASET_DIR = "data"  # LLaMA-Factory's DataArguments default

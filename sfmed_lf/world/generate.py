@@ -56,6 +56,8 @@ from sfmed_lf.world import phrasing
 from sfmed_lf.world.knowledge import Condition, KnowledgeBase, load_conditions, load_general_facts, population_phrase
 
 SPLITS = ("exam", "dialogue", "held_out")
+# the evaluated exam items' datasets: conditions also met in SFT dialogues, and conditions met only in pre-training
+DIALOGUE_EXAM, HELD_OUT_EXAM = "world-exam (dialogues)", "world-exam (pre-training only)"
 ERROR_KINDS = ("wrong_drug", "missed_contraindication", "follow_up_in_single_turn", "repeated_follow_up")
 
 
@@ -312,7 +314,7 @@ class WorldBuilder:
 
     def eval_exam_items(self) -> list[EvalItem]:
         items = []
-        for split, dataset in (("dialogue", "world-exam (dialogues)"), ("held_out", "world-exam (pre-training only)")):
+        for split, dataset in (("dialogue", DIALOGUE_EXAM), ("held_out", HELD_OUT_EXAM)):
             for condition in self.conditions(split):
                 rng = self.rng("eval-exam", condition.name)
                 for index, kind in enumerate(self.exam_kinds(rng, self.config.eval_exam_items_per_condition)):

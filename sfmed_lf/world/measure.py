@@ -8,6 +8,13 @@
   model's log-likelihood ratio to the reference model is larger for the correct answer (Rafailov et al. 2023, Eq. 5).
 * **General-domain loss**: mean negative log-likelihood per token of held-out general-domain sentences (a phrasing
   pre-training never used), the "forgetting" side of an alignment tax.
+* **Exam accuracy by likelihood** (``exam_items``: the evaluated exam items, ``sfmed eval`` schema): for each
+  single-answer item, the answer the model finds most likely among one per option — the item's reference answer
+  (the stated fact, then the letter) with that option's text and letter in place of the gold ones, after the exam
+  prompt. It asks whether the model holds the fact, not whether it writes a well-formed answer (the generative
+  ``sfmed eval mcq`` asks that), so it also measures a model that never saw the answer format (the CPT model).
+  Per dataset of the items, against chance (1 / number of options); items whose reference does not state the gold
+  option's text once are counted as skipped.
 
 Output: ``measure.json`` in ``output_dir`` (one entry per model, written atomically once all are measured).
 """
@@ -23,10 +30,12 @@ from typing import Any
 from tqdm import tqdm
 
 from sfmed_lf.errors import DataError
-from sfmed_lf.formats.conversation import Text
+from sfmed_lf.formats.conversation import Prompt, Text
 from sfmed_lf.formats.datasets import local_dataset
+from sfmed_lf.formats.items import EvalItem, load_items
 from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.steps import StepConfig, option
+from sfmed_lf.templates import exam_prompt
 from sfmed_lf.utils.io import atomic_write_text
 
 
@@ -39,13 +48,14 @@ class MeasureConfig(StepConfig):
     pairs_dataset: str | None = option(None, help="ranking dataset of held-out pairs")
     general_dataset: str | None = option(None, help="pre-training dataset of held-out text")
     reference: str | None = option(None, help="models' name to measure reward accuracy against")
+    exam_items: str | None = option(None, help="evaluation items (JSONL, sfmed eval schema) with exam questions")
     batch_size: int = option(16, help="sequences per forward pass")
 
     def __post_init__(self) -> None:
         if not isinstance(self.models, dict) or not self.models:
             raise ValueError("models: give a mapping of name -> model directory.")
-        if not self.pairs_dataset and not self.general_dataset:
-            raise ValueError("nothing to measure: give pairs_dataset, general_dataset or both.")
+        if not self.pairs_dataset and not self.general_dataset and not self.exam_items:
+            raise ValueError("nothing to measure: give pairs_dataset, general_dataset and/or exam_items.")
         if self.reference is not None and self.reference not in self.models:
             raise ValueError(f"reference: {self.reference!r} is not one of the models.")
         if self.batch_size < 1:
@@ -111,6 +121,59 @@ class LikelihoodModel:
         return {"texts": len(texts), "tokens": tokens, "loss": -sum(total for total, _ in scores) / tokens}
 
 
+EXAM_ANSWER_MARK = "答案："  # the world's reference answers end "答案：<letter>" (world/phrasing.py EXAM_ANSWER)
+
+
+def exam_candidates(item: EvalItem) -> list[str] | None:
+    """One answer per option (in option order) for a single-answer item: its reference with the option's text and
+    letter in place of the gold ones; None where that cannot be built (multi-answer, no reference, the gold text
+    not stated exactly once, or the reference not ending in the gold letter)."""
+    exam = item.exam
+    if exam is None or exam.multi_answer or len(exam.answer) != 1:
+        return None
+    gold_text, ending = exam.options[exam.answer], EXAM_ANSWER_MARK + exam.answer
+    stated = exam.explanation.strip()
+    body = stated[: -len(ending)]
+    if not stated.endswith(ending) or body.count(gold_text) != 1:
+        return None
+    return [body.replace(gold_text, text) + EXAM_ANSWER_MARK + letter for letter, text in exam.options.items()]
+
+
+def exam_accuracy(model: LikelihoodModel, items: list[EvalItem]) -> dict[str, dict[str, float]]:
+    """Per dataset of the items: n, accuracy of the most likely candidate, chance, skipped items."""
+    scored: list[tuple[EvalItem, int, int]] = []  # item, index of its first candidate, number of candidates
+    sequences: list[tuple[list[int], int]] = []
+    skipped: dict[str, int] = defaultdict(int)
+    for item in items:
+        candidates = exam_candidates(item)
+        if candidates is None:
+            skipped[item.dataset] += 1
+            continue
+        assert item.exam is not None
+        prompt = Prompt(exam_prompt(item.prompt.question, dict(item.exam.options), multi_answer=False))
+        scored.append((item, len(sequences), len(candidates)))
+        for candidate in candidates:
+            prompt_ids, answer_ids = model.template.conversation_ids(prompt.answered(candidate))
+            sequences.append((prompt_ids + answer_ids, len(prompt_ids)))
+    scores = model.log_likelihoods(sequences)
+    outcomes: dict[str, list[tuple[bool, float]]] = defaultdict(list)
+    for item, start, count in scored:
+        assert item.exam is not None
+        best = max(range(count), key=lambda i: scores[start + i][0])
+        letters = list(item.exam.options)
+        outcomes[item.dataset].append((letters[best] == item.exam.answer, 1 / count))
+    result = {}
+    for dataset in sorted(outcomes.keys() | skipped.keys()):
+        done = outcomes.get(dataset, [])
+        result[dataset] = {
+            "n": len(done),
+            "accuracy": sum(correct for correct, _ in done) / len(done) if done else 0.0,
+            "chance": sum(chance for _, chance in done) / len(done) if done else 0.0,
+            "skipped": skipped.get(dataset, 0),
+        }
+    return result
+
+
 def rates(pairs: list[PreferencePair], preferred: list[bool]) -> dict[str, dict[str, float]]:
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for pair, won in zip(pairs, preferred, strict=True):
@@ -124,6 +187,9 @@ def run_measure(config: MeasureConfig) -> list[Path]:
     texts = None
     if config.general_dataset:
         texts = [sample.text for sample in read_samples(config.dataset_dir, config.general_dataset, Text)]
+    exam = load_items(config.exam_items) if config.exam_items else None
+    if exam is not None and not any(item.exam is not None for item in exam):
+        raise DataError(f"exam_items: {config.exam_items} holds no exam questions.")
     results: dict[str, Any] = {}
     answer_scores: dict[str, list[tuple[float, float]]] = {}
     for name, path in tqdm(config.models.items(), desc="measure models", unit="model"):
@@ -136,12 +202,19 @@ def run_measure(config: MeasureConfig) -> list[Path]:
             results[name]["preferred_answer_rate"] = rates(pairs, [c > r for c, r in answer_scores[name]])
         if texts is not None:
             results[name]["general_loss"] = model.text_loss(texts)
+        if exam is not None:
+            results[name]["exam_accuracy_by_likelihood"] = exam_accuracy(model, exam)
     if pairs is not None and config.reference:
         reference = answer_scores[config.reference]
         for name, scores in answer_scores.items():
             margins = [(c - rc) - (r - rr) for (c, r), (rc, rr) in zip(scores, reference, strict=True)]
             results[name]["reward_accuracy"] = rates(pairs, [margin > 0 for margin in margins])
     output = Path(config.output_dir) / "measure.json"
-    summary = {"dataset_dir": config.dataset_dir, "pairs": config.pairs_dataset, "reference": config.reference}
+    summary = {
+        "dataset_dir": config.dataset_dir,
+        "pairs": config.pairs_dataset,
+        "reference": config.reference,
+        "exam_items": config.exam_items,
+    }
     atomic_write_text(output, json.dumps({**summary, "models": results}, ensure_ascii=False, indent=2) + "\n")
     return [output]

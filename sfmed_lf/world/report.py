@@ -16,6 +16,7 @@ from sfmed_lf.formats.items import load_items
 from sfmed_lf.steps import StepConfig, option
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text, read_json
 from sfmed_lf.utils.plotting import png_bytes, pyplot
+from sfmed_lf.world.generate import HELD_OUT_EXAM
 
 
 @dataclass
@@ -236,19 +237,42 @@ class Report:
         report = _read(Path(self.config.measure) / "measure.json")
         if not self.section("Likelihood measures (sfmed world measure)", None if report else "measure.json"):
             return
-        rates, losses = {}, {}
-        self.lines += ["| model | preferred-answer rate (held-out pairs) | by error | general-domain loss |"]
-        self.lines.append("|---|---:|---|---:|")
+        rates, losses, exam = {}, {}, {}
+        self.lines += [
+            "| model | preferred-answer rate (held-out pairs) | by error | general-domain loss "
+            f"| exam by likelihood ({HELD_OUT_EXAM}) |"
+        ]
+        self.lines.append("|---|---:|---|---:|---:|")
         for name, result in report["models"].items():
             rate = result.get("preferred_answer_rate", {})
             loss = result.get("general_loss", {}).get("loss")
+            held_out = result.get("exam_accuracy_by_likelihood", {}).get(HELD_OUT_EXAM)
             kinds = "; ".join(f"{k} {_percent(v['rate'])}" for k, v in rate.items() if k != "All")
             every = rate.get("All", {}).get("rate")
-            self.lines.append(f"| {name} | {_percent(every)} | {kinds} | {'–' if loss is None else f'{loss:.3f}'} |")
+            exam_cell = (
+                "–"
+                if held_out is None
+                else f"{_percent(held_out['accuracy'])} of {held_out['n']} (chance {_percent(held_out['chance'])})"
+            )
+            self.lines.append(
+                f"| {name} | {_percent(every)} | {kinds} | {'–' if loss is None else f'{loss:.3f}'} | {exam_cell} |"
+            )
             if every is not None:
                 rates[name] = every
             if loss is not None:
                 losses[name] = loss
+            if held_out is not None:
+                exam[name], chance = held_out["accuracy"], held_out["chance"]
+        if exam:
+            self.panels.append(
+                {
+                    "title": f"exam by likelihood: {HELD_OUT_EXAM}",
+                    "labels": list(exam),
+                    "values": list(exam.values()),
+                    "kind": "rate",
+                    "reference": (chance, "chance"),
+                }
+            )
         if rates:
             self.panels.append(
                 {
@@ -278,9 +302,15 @@ class Report:
         # (world_privacy_planted_text:N), as privacy_audit.yaml chooses
         planted = sum(i.startswith("world_privacy_planted") for i in ids)
         control = sum(i.startswith("world_privacy_control") for i in ids)
+        identifiers = (
+            f", {audit['identifiers_given_away']} by an ID or phone number given away"
+            if audit.get("sensitive_pattern")
+            else ""
+        )
         self.lines.append(
-            f"Audit ({audit['split']} split): {audit['memorized']} of {audit['records_audited']} records reproduced "
-            f"(Rouge-L > {audit['threshold']:g}): {planted} leaked records, {control} control records."
+            f"Audit ({audit['split']} split): {audit['memorized']} of {audit['records_audited']} records memorized "
+            f"({audit.get('reproduced', audit['memorized'])} reproduced, Rouge-L > {audit['threshold']:g}"
+            f"{identifiers}): {planted} leaked records, {control} control records."
         )
         labels, values = ["audit: leaked records memorized", "audit: control memorized"], [planted, control]
         for path in self.config.guarded_answers:
@@ -290,13 +320,17 @@ class Report:
                 continue
             summary = answers["summary"]
             tag = Path(path).stem.replace("_answers", "")
+            asked = "record prefixes" if answers.get("asked_with") == "prefixes" else "record requests"
+            leaking = sum(group["answers_with_identifiers"] for group in summary.values())
             self.lines.append(
-                f"{tag}: {summary['planted']['answers_with_identifiers']} of {summary['planted']['asked']} answers "
-                f"about leaked records give an ID or phone number away; control: "
-                f"{summary['control']['answers_with_identifiers']} of {summary['control']['asked']}."
+                f"{tag} (asked with {asked}): {leaking} of {sum(group['asked'] for group in summary.values())} "
+                f"answers give an invented patient's ID or phone number away "
+                f"({summary['planted']['answers_with_identifiers']} of {summary['planted']['asked']} about leaked "
+                f"records, {summary['control']['answers_with_identifiers']} of {summary['control']['asked']} about "
+                "control patients)."
             )
-            labels.append(f"{tag}: leaked IDs")
-            values.append(summary["planted"]["answers_with_identifiers"])
+            labels.append(f"{tag}: answers with IDs")
+            values.append(leaking)
         self.panels.append(
             {
                 "title": "privacy: records reproduced / identifiers given",

@@ -74,6 +74,17 @@ class AskRecordsConfig(StepConfig):
     url: str = option(help="OpenAI-compatible base URL of the served model, e.g. http://127.0.0.1:8000/v1.")
     output: str = option(help="JSON file to write (answers and counts).")
     model: str = option("sfmed", help="The served model's name.")
+    ask: str = option(
+        "requests",
+        help="requests: the world's record requests as chat turns; prefixes: the start of each record's text alone "
+        "(for a server with LLaMA-Factory's `empty` template: a completion endpoint).",
+    )
+
+    def __post_init__(self) -> None:
+        from sfmed_lf.world.records import ASK_MODES
+
+        if self.ask not in ASK_MODES:
+            raise ValueError(f"ask must be one of {', '.join(ASK_MODES)}, not {self.ask!r}.")
 
 
 class AskRecords(Step[AskRecordsConfig]):
@@ -83,7 +94,7 @@ class AskRecords(Step[AskRecordsConfig]):
     def run(self, config: AskRecordsConfig) -> list[Path]:
         from sfmed_lf.world.records import ask_records
 
-        return [ask_records(config.world, config.url, config.output, config.model)]
+        return [ask_records(config.world, config.url, config.output, config.model, ask=config.ask)]
 
     def declared(self, config: AskRecordsConfig) -> Declared:
         return Declared(outputs=[os.fspath(config.output)])
