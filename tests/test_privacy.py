@@ -605,8 +605,18 @@ def test_an_identifier_given_away_makes_a_record_memorized_whatever_its_rouge_l(
             "rouge_l": 0.5,
             "prefix_tokens": 5,
         },
+        {
+            "id": "e",
+            "query": "病历记录：患者戊，电话13722223333，",
+            "suffix": "女，诊断：头痛。",
+            "generation": "电话13722223333，诊断：头痛。",
+            "rouge_l": 0.5,
+            "prefix_tokens": 5,
+        },
     ]
-    assert identifier_leaks(rows, pattern) == {"a": ["a", "b"]}, "c's number was in its prompt; d's was not whole"
+    assert identifier_leaks(rows, pattern) == {"a": ["a", "b"]}, (
+        "c's and b's numbers were in c's and e's prompts; d's was not whole"
+    )
     options = {"model_name_or_path": "m", "datasets": ["x"], "output_dir": str(tmp_path / "with")}
     write_audit_report(AuditConfig(**options, sensitive_pattern=pattern), rows)
     report = read_json(tmp_path / "with" / "audit_report.json")
