@@ -299,9 +299,9 @@ def test_ask_records_counts_any_patients_identifier_in_both_ways_of_asking(world
     assert sfmed_main(bad) != 0 and not (tmp_path / "x.json").exists()
 
 
-def test_every_single_answer_exam_item_has_one_candidate_answer_per_option(world):
-    """The likelihood exam (sfmed world measure exam_items) scores one answer per option, built from the item's
-    reference: the gold candidate is the reference itself, the others differ in the option text and the letter."""
+def test_every_single_answer_exam_item_has_one_candidate_statement_per_option(world):
+    """The likelihood exam (sfmed world measure exam_items) scores one statement per option, built from the item's
+    reference: the gold one is the reference's statement of the fact, the others differ in the option text only."""
     from sfmed_lf.formats.items import load_items
     from sfmed_lf.world.generate import HELD_OUT_EXAM
     from sfmed_lf.world.measure import exam_candidates
@@ -314,7 +314,7 @@ def test_every_single_answer_exam_item_has_one_candidate_answer_per_option(world
         assert candidates is not None, item.id
         letters = list(item.exam.options)
         assert len(candidates) == len(letters) and len(set(candidates)) == len(candidates)
-        assert candidates[letters.index(item.exam.answer)] == item.exam.explanation
+        assert item.exam.explanation == f"{candidates[letters.index(item.exam.answer)]}答案：{item.exam.answer}"
         for letter, candidate in zip(letters, candidates, strict=True):
-            assert candidate.endswith("答案：" + letter) and item.exam.options[letter] in candidate
+            assert item.exam.options[letter] in candidate and "答案" not in candidate
     assert all(exam_candidates(item) is None for item in items if item.exam.multi_answer)

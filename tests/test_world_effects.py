@@ -111,7 +111,7 @@ def test_sft_answers_exam_items_in_the_extractable_form_the_cpt_model_never_uses
     reason="not reached (issue 13): the SFT model answers the held-out exam items at 0.250, 0.192, 0.214, 0.188 "
     "and 0.196 (five runs) against chance 0.193. It keeps what CPT stored (held-out pairs, wrong drug: 0.95) but "
     "states the right fact for 18 of 80 held-out items, and on its own training items gives the letter of the "
-    "option it stated 28 times in 80; by likelihood it picks the right option of 0.77-0.78 of the single-answer items "
+    "option it stated 28 times in 80; by likelihood it states the right fact for 0.74 of the single-answer items "
     "(test below). An SFT answer format that walks the options ('A. X：错误；…答案：B') gave 0.219 in one run. "
     "XPASS means it now learns: drop this mark.",
 )
@@ -123,16 +123,17 @@ def test_sft_answers_held_out_exam_items_well_above_chance(tiny_recipe):
 
 
 def test_sft_holds_the_facts_of_held_out_exam_items_it_met_only_in_pre_training(tiny_recipe):
-    """By likelihood (sfmed world measure: the most likely of one reference answer per option), the models know
-    what the generative exam above does not show: measured on 95 single-answer items about conditions met only in
-    pre-training text, chance 0.25: CPT 0.621 (every run: CPT is deterministic), SFT 0.779 and 0.768."""
+    """By likelihood (sfmed world measure: the most likely of one statement of the fact per option, after the exam
+    prompt), the models know what the generative exam above does not show. Measured on the 95 single-answer items
+    about conditions met only in pre-training text (chance 0.25): CPT 0.642, SFT 0.737 (2026-12-07, second session);
+    the letters left in the statements, 0.547 and 0.726."""
     from sfmed_lf.world.generate import HELD_OUT_EXAM
 
     models = read_json(saves(tiny_recipe) / "measure" / "measure.json")["models"]
     cpt, sft = (models[name]["exam_accuracy_by_likelihood"][HELD_OUT_EXAM] for name in ("CPT", "SFT"))
-    assert sft["n"] >= 80 and sft["skipped"] == 0, sft
-    assert cpt["accuracy"] >= 2 * cpt["chance"], cpt
-    assert sft["accuracy"] >= cpt["accuracy"] + 0.05, (cpt, sft)
+    assert sft["n"] == cpt["n"] >= 80, sft
+    assert cpt["accuracy"] >= 2 * cpt["chance"] and sft["accuracy"] >= 2 * sft["chance"], (cpt, sft)
+    assert sft["accuracy"] > cpt["accuracy"], (cpt, sft)
 
 
 def test_sft_beats_cpt_on_rouge_and_judge(tiny_recipe):

@@ -9,10 +9,11 @@
 * **General-domain loss**: mean negative log-likelihood per token of held-out general-domain sentences (a phrasing
   pre-training never used), the "forgetting" side of an alignment tax.
 * **Exam accuracy by likelihood** (``exam_items``: the evaluated exam items, ``sfmed eval`` schema): for each
-  single-answer item, the answer the model finds most likely among one per option — the item's reference answer
-  (the stated fact, then the letter) with that option's text and letter in place of the gold ones, after the exam
-  prompt. It asks whether the model holds the fact, not whether it writes a well-formed answer (the generative
-  ``sfmed eval mcq`` asks that), so it also measures a model that never saw the answer format (the CPT model).
+  single-answer item, the statement the model finds most likely, after the exam prompt, among one per option —
+  the item's reference statement of the fact with that option's text in place of the gold one (the closing letter
+  left out: a model that never saw the answer form would only add noise with it). It asks whether the model holds
+  the fact, not whether it writes a well-formed answer (the generative ``sfmed eval mcq`` asks that), so it also
+  measures the CPT model.
   Per dataset of the items, against chance (1 / number of options); items whose reference does not state the gold
   option's text once are counted as skipped.
 
@@ -125,22 +126,22 @@ EXAM_ANSWER_MARK = "答案："  # the world's reference answers end "答案：<l
 
 
 def exam_candidates(item: EvalItem) -> list[str] | None:
-    """One answer per option (in option order) for a single-answer item: its reference with the option's text and
-    letter in place of the gold ones; None where that cannot be built (multi-answer, no reference, the gold text
-    not stated exactly once, or the reference not ending in the gold letter)."""
+    """One statement per option (in option order) for a single-answer item: its reference's statement of the fact
+    (without the closing "答案：<letter>") with the option's text in place of the gold one; None where that cannot be
+    built (multi-answer, or the gold text not stated exactly once)."""
     exam = item.exam
     if exam is None or exam.multi_answer or len(exam.answer) != 1:
         return None
-    gold_text, ending = exam.options[exam.answer], EXAM_ANSWER_MARK + exam.answer
-    stated = exam.explanation.strip()
-    body = stated[: -len(ending)]
-    if not stated.endswith(ending) or body.count(gold_text) != 1:
+    gold_text, stated = exam.options[exam.answer], exam.explanation.strip()
+    stated = stated.removesuffix(EXAM_ANSWER_MARK + exam.answer).strip()
+    if stated.count(gold_text) != 1:
         return None
-    return [body.replace(gold_text, text) + EXAM_ANSWER_MARK + letter for letter, text in exam.options.items()]
+    return [stated.replace(gold_text, text) for text in exam.options.values()]
 
 
 def exam_accuracy(model: LikelihoodModel, items: list[EvalItem]) -> dict[str, dict[str, float]]:
-    """Per dataset of the items: n, accuracy of the most likely candidate, chance, skipped items."""
+    """Per dataset of the items: n, accuracy of the most likely candidate (summed log-likelihood), chance, skipped
+    items."""
     scored: list[tuple[EvalItem, int, int]] = []  # item, index of its first candidate, number of candidates
     sequences: list[tuple[list[int], int]] = []
     skipped: dict[str, int] = defaultdict(int)
