@@ -3,8 +3,8 @@
 # (examples/yaml/tiny/recipe.yaml, the same runner as the 7B recipe): world -> tiny model -> near-duplicate removal
 # -> token mix -> CPT -> instruction diversification -> system prompts -> SFT -> preference pairs (knowledge-base
 # judge, 3 reward models, flip/drop) -> DPO with online merging (OnDARE, OnTIES) -> evaluation and likelihood
-# measures -> memorization audit -> the guard's database -> the guarded server asked for the records -> one report of
-# every stage's effect: saves/tiny/report.md and report.png. Run it again after a failure or a kill: finished stages
+# measures -> memorization audit -> the guard's database -> the plain and the guarded server asked for the records
+# (chat and completion) -> one report of every stage's effect: saves/tiny/report.md and report.png. Run it again after a failure or a kill: finished stages
 # are skipped, a killed one resumes. `sfmed recipe status examples/yaml/tiny/recipe.yaml` shows where it stands.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

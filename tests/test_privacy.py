@@ -631,7 +631,7 @@ def test_an_identifier_given_away_makes_a_record_memorized_whatever_its_rouge_l(
 
 
 @pytest.mark.slow
-def test_the_output_check_refuses_an_identifier_of_a_record_also_streamed(served):
+def test_the_output_check_refuses_an_identifier_of_a_record_also_streamed(served, tmp_path):
     """An answer that gives away an entry's phone number in words of its own overlaps the memorized suffix too
     little for any threshold; the output check refuses it, and a stream releases none of the number."""
     import dataclasses
@@ -643,29 +643,37 @@ def test_the_output_check_refuses_an_identifier_of_a_record_also_streamed(served
         dict(entry, identifiers=[phone] if row == 1 else []) for row, entry in enumerate(served.database.entries)
     ]
     database = dataclasses.replace(served.database, entries=entries)
-    guard = PrivacyGuard(database, served.model, served.tokenizer, checks=("output",), hold_back=0)
+    log = tmp_path / "refusals.jsonl"
+    guard = PrivacyGuard(database, served.model, served.tokenizer, checks=("output",), hold_back=0, log_path=str(log))
     assert guard.hold_back == len(phone), "an explicit hold-back of 0 still keeps a whole identifier back"
     answer = f"这位患者的联系方式我查到了，号码是{phone}，您可以直接打给他，祝您生活愉快。"
     assert served.guard("output").check_output(answer).refused_by is None, "the overlap alone does not fire"
     decision = guard.check_output(answer)
     assert decision.refused_by == "output" and decision.by_identifier and decision.entry_id == entries[1]["id"]
     assert guard.check_output(answer.replace(phone, "13900000000")).refused_by is None
+    assert guard.check_output(answer.replace(phone, "139 1234-5678")).by_identifier, "spaced out, the same number"
+    assert guard.check_output(answer, request=f"我的电话是{phone}，帮我记一下").refused_by is None, "the client's own"
     stream = guard.output_stream()
     sent = "".join(stream.push(piece) for piece in streamed_pieces(served.tokenizer, answer)) + stream.finish()
     assert stream.decision is not None and stream.decision.by_identifier
     assert phone[:3] not in sent and sent == answer[: len(sent)], f"none of the number was released: {sent!r}"
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(logged) == 3 and all(entry["by_identifier"] and entry["score"] is None for entry in logged)
+    assert "1234" not in log.read_text(), "the log names the record, never the number"
 
 
 def test_calibration_leaves_control_answers_that_leak_a_record_out_of_its_controls():
     from sfmed_lf.privacy.calibrate import leaking_answers
 
     class Entries:
-        def identifier_row(self, text: str):
+        def identifier_row(self, text: str, given: str = ""):
             return ("13912345678", 0) if "13912345678" in text else None
 
     suffix = "王建国，男，五十二岁，住址幸福路十八号，空腹血糖九点六，诊断二型糖尿病。"
-    answers = ["请清淡饮食，注意休息。", "号码13912345678。", suffix, "王建国的情况我不清楚，请咨询医生。"]
-    assert leaking_answers(Entries(), answers, [suffix, "另一条记录"]) == [False, True, True, False]
+    answers = ["请清淡饮食，注意休息。", "号码13912345678。", suffix, suffix, "王建国的情况我不清楚，请咨询医生。"]
+    rows = [None, None, 0, 1, 0]  # the entry the output check matched each answer with
+    flags = leaking_answers(Entries(), answers, rows, [suffix, "另一条记录"])
+    assert flags == [False, True, True, False, False], "only a match with the entry it reproduces is a leak"
 
 
 @pytest.mark.slow

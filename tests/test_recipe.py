@@ -551,6 +551,9 @@ def test_a_stage_asking_an_endpoint_reads_what_the_endpoint_serves(tmp_path, mon
     served = {"model_name_or_path": "model", "sfmed_privacy_db": "db", "sfmed_privacy_log": "refusals.jsonl"}
     (tmp_path / "guarded.yaml").write_text(yaml.safe_dump(served))
     (tmp_path / "refusals.jsonl").write_text("")
+    (tmp_path / "other.jsonl").write_text("")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"lora")
     recipe = load_recipe(
         write_recipe(
             tmp_path / "recipe.yaml",
@@ -562,7 +565,8 @@ def test_a_stage_asking_an_endpoint_reads_what_the_endpoint_serves(tmp_path, mon
                         "env": {"API_HOST": "127.0.0.1", "API_PORT": "${port}"},
                     },
                     "guarded": {
-                        "serve": "llamafactory-cli api guarded.yaml template=empty",
+                        "serve": "llamafactory-cli api guarded.yaml template=empty adapter_name_or_path=adapter "
+                        "sfmed_privacy_log=other.jsonl",
                         "env": {"API_HOST": "127.0.0.1", "API_PORT": "${port}"},
                     },
                 },
@@ -583,8 +587,9 @@ def test_a_stage_asking_an_endpoint_reads_what_the_endpoint_serves(tmp_path, mon
     )
     plain, guarded = (endpoint_inputs(recipe, stage) for stage in recipe.stages)
     assert set(plain) == {"served model"}
-    assert set(guarded) == {"served guarded.yaml", "served model", "served db"}
+    assert set(guarded) == {"served guarded.yaml", "served model", "served db", "served adapter"}
     (tmp_path / "refusals.jsonl").write_text('{"where": "answer"}\n')
+    (tmp_path / "other.jsonl").write_text('{"where": "answer"}\n')
     assert [endpoint_inputs(recipe, stage) for stage in recipe.stages] == [plain, guarded]
     printed = [_current(recipe, stage, {})[3] for stage in recipe.stages]
     (tmp_path / "model" / "model.safetensors").write_bytes(b"retrained")

@@ -26,7 +26,7 @@ from sfmed_lf.formats.conversation import Conversation, Text
 from sfmed_lf.formats.datasets import local_dataset
 from sfmed_lf.privacy.config import AUDIT_FIELDS, AuditConfig
 from sfmed_lf.privacy.generation import greedy_continuations
-from sfmed_lf.privacy.identifiers import found, record_identifiers
+from sfmed_lf.privacy.identifiers import matches, record_identifiers
 from sfmed_lf.text.rouge import rouge_l_f
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text
 from sfmed_lf.utils.jsonl import ResumableJsonl
@@ -145,7 +145,7 @@ def identifier_leaks(rows: list[dict[str, Any]], pattern: str) -> dict[str, list
             owners[value].add(row["id"])
     leaked_by: dict[str, list[str]] = defaultdict(list)
     for row in rows:
-        for value in found(pattern, row["generation"]):
+        for value in matches(pattern, row["generation"]):
             if value in row["query"]:
                 continue  # repeated from the prompt
             for owner in sorted(owners.get(value, ())):

@@ -76,14 +76,17 @@ def choose_threshold(control_scores: list[float], budget: float, floor: float) -
     )
 
 
-def leaking_answers(database: HighRiskDatabase, answers: list[str], suffixes: list[str]) -> list[bool]:
-    """Answers that give a memorized record away: one of its identifiers, or its suffix reproduced (Rouge-L F
-    above LEAK_ROUGE_L against the closest one). A control prompt can draw such an answer from a model that
-    memorized records; refusing it is no false refusal, so calibration leaves these out of the controls."""
+def leaking_answers(
+    database: HighRiskDatabase, answers: list[str], rows: list[int | None], suffixes: list[str]
+) -> list[bool]:
+    """Answers that give a memorized record away: one of its identifiers, or the suffix of the entry the output
+    check matched it with (``rows``) reproduced at Rouge-L F above LEAK_ROUGE_L. A control prompt can draw such an
+    answer from a model that memorized records; refusing it is no false refusal, so calibration leaves these out
+    of the controls."""
     return [
         database.identifier_row(answer) is not None
-        or max((rouge_l_f(answer, suffix) for suffix in suffixes), default=0.0) > LEAK_ROUGE_L
-        for answer in answers
+        or (row is not None and rouge_l_f(answer, suffixes[row]) > LEAK_ROUGE_L)
+        for answer, row in zip(answers, rows, strict=True)
     ]
 
 
@@ -119,23 +122,36 @@ def calibrate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = template.template.get_stop_token_ids(tokenizer)
     answers: dict[str, list[str]] = {}
+    matched_rows: dict[str, list[int | None]] = {}
     for name in ("controls", "perturbed"):
         ids = [template.prompt_ids(prompt) for prompt in prompts[name]]
         print(f"calibration: answering {len(ids)} {name} prompts (greedy, {config.max_new_tokens} new tokens)")
         generated = greedy_continuations(model, ids, pad_id, config.max_new_tokens, stop_ids, config.batch_size)
         answers[name] = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
-        scores["output"][name] = [scorer.output_score(answer)[0] for answer in answers[name]]
+        scored = [scorer.output_score(answer) for answer in answers[name]]
+        scores["output"][name], matched_rows[name] = [score for score, _ in scored], [row for _, row in scored]
+    # the output check also refuses an answer holding an identifier of a memorized record, whatever its score
+    requests = {"controls": controls, "perturbed": perturbed_conversations}
+    by_identifier = {
+        name: [
+            database.identifier_row(answer, request.whole_text) is not None
+            for answer, request in zip(answers[name], requests[name], strict=True)
+        ]
+        for name in answers
+    }
     # the audit's measure: Rouge-L against the suffix cut to as many tokens as the answer may have
     suffixes = [
         tokenizer.decode(tokenizer(entry["suffix"], add_special_tokens=False).input_ids[: config.max_new_tokens])
         for entry in database.entries
     ]
     leaking = [
-        rouge_l_f(answer, suffixes[row]) > LEAK_ROUGE_L
-        for answer, (row, _, _) in zip(answers["perturbed"], perturbed, strict=True)
+        rouge_l_f(answer, suffixes[row]) > LEAK_ROUGE_L or identifier
+        for answer, (row, _, _), identifier in zip(
+            answers["perturbed"], perturbed, by_identifier["perturbed"], strict=True
+        )
     ]
 
-    control_leaks = leaking_answers(database, answers["controls"], suffixes)
+    control_leaks = leaking_answers(database, answers["controls"], matched_rows["controls"], suffixes)
     innocent = {
         "embedding": scores["embedding"]["controls"],
         "lexical": scores["lexical"]["controls"],
@@ -153,6 +169,10 @@ def calibrate(
         database.thresholds[check] = threshold
         control_flags = [score >= threshold for score in innocent[check]]
         perturbed_flags = [score >= threshold for score in scores[check]["perturbed"]]
+        if check == "output":
+            perturbed_flags = [
+                flag or by_id for flag, by_id in zip(perturbed_flags, by_identifier["perturbed"], strict=True)
+            ]
         by_kind: dict[str, list[bool]] = defaultdict(list)
         for (_, kind, _), flag in zip(perturbed, perturbed_flags, strict=True):
             by_kind[kind].append(flag)
@@ -194,10 +214,11 @@ def calibrate(
     database.hold_back = default_hold_back(database)
 
     def refused(name: str, index: int, checks: tuple[str, ...] = CHECKS) -> bool:
-        return any(scores[check][name][index] >= database.thresholds[check] for check in checks)
+        by_id = "output" in checks and by_identifier[name][index]
+        return by_id or any(scores[check][name][index] >= database.thresholds[check] for check in checks)
 
     input_caught = [refused("perturbed", i, ("embedding", "lexical")) for i in range(len(perturbed))]
-    guard_refused_controls = [refused("controls", i) for i in range(len(controls))]
+    guard_refused_controls = [refused("controls", i) for i in range(len(controls)) if not control_leaks[i]]
     report = {
         "model": database.model["path"],
         "target_false_refusal_rate": config.target_false_refusal_rate,

@@ -39,9 +39,10 @@ class AuditConfig(StepConfig):
     batch_size: int = option(8, help="Records per generate() call.")
     sensitive_pattern: str | None = option(
         None,
-        help="Regular expression of identifiers (ID or phone numbers, ...): a record whose continuation gives away "
-        "one of the record's own matches counts as memorized whatever its Rouge-L, and the guard refuses answers "
-        "holding it (null: Rouge-L alone, as the paper).",
+        help="Regular expression of identifiers (ID or phone numbers, ...; the whole match is the identifier): a "
+        "record counts as memorized, whatever its Rouge-L, when any audited continuation writes one of its "
+        "identifiers that the prompt did not hold, and the guard refuses answers holding one (null: Rouge-L alone, "
+        "as the paper).",
     )
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ also ``calibration_report.json`` and ``calibration_scores.png``. Each is written
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.privacy.config import AUDIT_FIELDS, CHECKS, DatabaseConfig
 from sfmed_lf.privacy.embeddings import centred_unit_rows, pooled_states, resolve_layer
 from sfmed_lf.privacy.fingerprint import model_content_fingerprint
-from sfmed_lf.privacy.identifiers import record_identifiers
+from sfmed_lf.privacy.identifiers import compact, record_identifiers
 from sfmed_lf.privacy.ngrams import NgramIndex, idf, idf_weights
 from sfmed_lf.text.ngrams import char_ngrams
 from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_npy, atomic_write_text, read_json, require_file
@@ -60,9 +61,13 @@ def audit_pattern(audit_dir: Path) -> str | None:
     path = audit_dir / "audit_report.json"
     if not path.is_file():
         raise DataError(f"{path} does not exist: run `sfmed privacy audit` first.")
-    pattern = read_json(path).get("sensitive_pattern")
-    if pattern is not None and not isinstance(pattern, str):
-        raise DataError(f"{path}: field 'sensitive_pattern' must be a regular expression or null.")
+    pattern = read_json(path, "sfmed privacy audit").get("sensitive_pattern")
+    if pattern is None:
+        return None
+    try:
+        re.compile(pattern)
+    except (TypeError, re.error) as error:
+        raise DataError(f"{path}: field 'sensitive_pattern' is not a regular expression ({error}).") from error
     return pattern
 
 
@@ -101,6 +106,10 @@ class HighRiskDatabase:
                 f"{FORMAT_VERSION} (input and output checks, calibrated thresholds, model fingerprint); rebuild it "
                 "with `sfmed privacy build-db`."
             )
+        for row, entry in enumerate(entries, start=1):
+            values = entry.get("identifiers", [])
+            if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+                raise DataError(f"{directory}/entries.jsonl: line {row}: field 'identifiers' must be a list of text.")
         if index.ntotal != len(entries) or meta["count"] != len(entries):
             raise DataError(f"{directory}: index has {index.ntotal} vectors for {len(entries)} entries; rebuild it.")
         return cls(
@@ -118,11 +127,13 @@ class HighRiskDatabase:
             meta["model"],
         )
 
-    def identifier_row(self, text: str) -> tuple[str, int] | None:
-        """The first entry identifier that ``text`` gives away, with the entry's row (None: none)."""
+    def identifier_row(self, text: str, given: str = "") -> tuple[str, int] | None:
+        """The first entry identifier that ``text`` gives away and ``given`` (the request) did not hold, with the
+        entry's row (None: none). Spaces and dashes inside a number do not hide it (identifiers.py)."""
+        text, given = compact(text), compact(given)
         for row, entry in enumerate(self.entries):
             for value in entry.get("identifiers", ()):
-                if value in text:
+                if value in text and value not in given:
                     return value, row
         return None
 

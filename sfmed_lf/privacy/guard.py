@@ -134,29 +134,34 @@ class PrivacyGuard:
         return decisions
 
     # ---- output side ------------------------------------------------------------------------------------------
-    def check_output(self, text: str) -> GuardDecision:
+    def check_output(self, text: str, request: str = "") -> GuardDecision:
+        """The output check of a whole answer; ``request``: the conversation it answers (identifiers it held are
+        the requester's own, not a leak)."""
         start = time.perf_counter()
         if "output" not in self.checks:
             return GuardDecision(None, {}, None, None, 0.0)
-        decision = self.identifier_decision(text) or self._decide({"output": self.scorer.output_score(text)}, 0.0, {})
+        decision = self.identifier_decision(text, request)
+        if decision is None:
+            decision = self._decide({"output": self.scorer.output_score(text)}, 0.0, {})
         seconds = time.perf_counter() - start
         decision = dataclasses.replace(decision, seconds=seconds, timings={"output": seconds})
         if decision.refused:
             self._log(decision, "answer", text)
         return decision
 
-    def identifier_decision(self, text: str) -> GuardDecision | None:
-        """A refusal when ``text`` holds an identifier of a memorized record (None: it holds none)."""
+    def identifier_decision(self, text: str, request: str = "") -> GuardDecision | None:
+        """A refusal when ``text`` holds an identifier of a memorized record that ``request`` did not (None: it
+        holds none). No score: the identifier decides, not an overlap."""
         if "output" not in self.checks:
             return None
-        hit = self.database.identifier_row(text)
+        hit = self.database.identifier_row(text, request)
         if hit is None:
             return None
         entry = self.database.entries[hit[1]]
-        return GuardDecision("output", {"output": 1.0}, entry["id"], entry["secure_response"], by_identifier=True)
+        return GuardDecision("output", {}, entry["id"], entry["secure_response"], by_identifier=True)
 
-    def output_stream(self) -> GuardedStream:
-        return GuardedStream(self)
+    def output_stream(self, request: str = "") -> GuardedStream:
+        return GuardedStream(self, request)
 
     # ---- shared -----------------------------------------------------------------------------------------------
     def _decide(self, scored: dict[str, tuple[float, int | None]], seconds: float, timings: dict) -> GuardDecision:
@@ -194,7 +199,7 @@ class PrivacyGuard:
                 "time": time.time(),
                 "where": where,
                 "check": check,
-                "score": decision.scores[check],
+                "score": decision.scores.get(check),
                 "threshold": self.thresholds[check],
                 "entry_id": decision.entry_id,
                 "by_identifier": decision.by_identifier,
@@ -212,8 +217,8 @@ class GuardedStream:
     ``hold_back`` characters stay back until ``finish`` (or forever, once the check fires: ``decision`` is set
     and the caller stops generating and serves ``decision.secure_response``)."""
 
-    def __init__(self, guard: PrivacyGuard) -> None:
-        self.guard, self.text, self.released = guard, "", 0
+    def __init__(self, guard: PrivacyGuard, request: str = "") -> None:
+        self.guard, self.request, self.text, self.released = guard, request, "", 0
         self.enabled = "output" in guard.checks and bool(guard.database.entries)
         self.identifier_length = guard.database.longest_identifier
         self._checked_up_to = 0
@@ -224,10 +229,10 @@ class GuardedStream:
 
     def _update(self, new_grams: set[str]) -> None:
         start = time.perf_counter()
-        if self.identifier_length:  # only the text an identifier ending now could span
-            tail = self.text[-(self.identifier_length + len(self.text) - self._checked_up_to) :]
+        if self.identifier_length:  # only the text an identifier ending now could span (spaced out: twice as long)
+            tail = self.text[-(2 * self.identifier_length + len(self.text) - self._checked_up_to) :]
             self._checked_up_to = len(self.text)
-            decision = self.guard.identifier_decision(tail)
+            decision = self.guard.identifier_decision(tail, self.request)
             if decision is not None:
                 self.seconds += time.perf_counter() - start
                 self.decision = dataclasses.replace(decision, seconds=self.seconds, timings={"output": self.seconds})

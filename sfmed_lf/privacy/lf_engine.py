@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
+from sfmed_lf.privacy.conversation import GuardedConversation
 from sfmed_lf.privacy.database import HighRiskDatabase
 from sfmed_lf.privacy.fingerprint import served_fingerprint
 from sfmed_lf.privacy.guard import PrivacyGuard, logger
@@ -162,9 +163,10 @@ def guard_engine(engine_cls: type) -> str:
         if decision.refused:
             return [secure_response(self, decision.secure_response, messages, system)]
         responses = await original_chat(self, messages, system, *args, **kwargs)
+        request = GuardedConversation.from_messages(messages, system).whole_text
         checked = []
         for response in responses:
-            verdict = guard.check_output(response.response_text)
+            verdict = guard.check_output(response.response_text, request)
             checked.append(
                 secure_response(self, verdict.secure_response, messages, system) if verdict.refused else response
             )
@@ -183,7 +185,8 @@ def guard_engine(engine_cls: type) -> str:
         if decision.refused:
             yield decision.secure_response
             return
-        stream, stop = guard.output_stream(), threading.Event()
+        request = GuardedConversation.from_messages(messages, system).whole_text
+        stream, stop = guard.output_stream(request), threading.Event()
         async for piece in original_stream(self, messages, system, *args, **{**kwargs, STOP_EVENT_KWARG: stop}):
             if stream.decision is not None:
                 continue  # generation stops at its next token; drain what is already queued

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from sfmed_lf.recipe.spec import PLACEMENT_KEYS, Recipe, Stage
-from sfmed_lf.recipe.stage_io import StepIO, read_values
+from sfmed_lf.recipe.stage_io import OUTPUT_KEYS, StepIO, read_values
 from sfmed_lf.utils.provenance import file_digest
 
 MISSING = "missing"
@@ -71,6 +71,21 @@ def _is_candidate(value: str) -> bool:
     return value not in (".", "..", "/") and len(value) < 4096 and "\n" not in value
 
 
+def _nested_inputs(value: str) -> dict[str, Any]:
+    """The digests of the existing paths a YAML config names (outputs aside); {} for anything else."""
+    if not value.endswith((".yaml", ".yml")) or not Path(value).is_file():
+        return {}
+    try:
+        nested = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return {}
+    digests: dict[str, Any] = {}
+    for inner in read_values(nested) if isinstance(nested, dict) else ():
+        if _is_candidate(inner) and inner not in digests and (found := path_digest(inner)) is not None:
+            digests[inner] = found
+    return digests
+
+
 def stage_inputs(io: StepIO) -> dict[str, Any]:
     """The options that decide the stage's outputs, and the digests of every existing path and every dataset it
     reads."""
@@ -83,15 +98,8 @@ def stage_inputs(io: StepIO) -> dict[str, Any]:
         if digest is None:
             continue
         digests[value] = digest
-        if value.endswith((".yaml", ".yml")) and Path(value).is_file():  # a config naming more inputs (rm_yaml)
-            try:
-                nested = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
-            except yaml.YAMLError:
-                nested = None
-            if isinstance(nested, dict):
-                for inner in read_values(nested):
-                    if _is_candidate(inner) and inner not in digests and (found := path_digest(inner)) is not None:
-                        digests[inner] = found
+        for inner, found in _nested_inputs(value).items():  # a config naming more inputs (rm_yaml)
+            digests.setdefault(inner, found)
     for dataset_dir, name in io.datasets:
         digests[f"dataset {name} ({dataset_dir})"] = dataset_digest(dataset_dir, name)
     return digests
@@ -99,22 +107,18 @@ def stage_inputs(io: StepIO) -> dict[str, Any]:
 
 def endpoint_inputs(recipe: Recipe, stage: Stage) -> dict[str, Any]:
     """The digests of what the stage's endpoints serve: every existing path in a serve command, and the paths a
-    YAML among them names (a model directory, a guard's database). A stage that asks a served model must rerun
-    when that model changes, though its own options name only a URL."""
+    YAML among them names (a model directory, a guard's database), also as ``key=value`` overrides (output keys
+    aside). A stage that asks a served model must rerun when that model changes, though its own options name only
+    a URL."""
     digests: dict[str, Any] = {}
     for name in stage.endpoints:
-        for token in recipe.endpoints[name].serve or ():
-            if not _is_candidate(token) or (digest := path_digest(token)) is None:
+        for argument in recipe.endpoints[name].serve or ():
+            key, _, token = argument.rpartition("=") if not Path(argument).exists() else ("", "", argument)
+            if key in OUTPUT_KEYS or not _is_candidate(token) or (digest := path_digest(token)) is None:
                 continue
             digests[f"served {token}"] = digest
-            if token.endswith((".yaml", ".yml")) and Path(token).is_file():
-                try:
-                    nested = yaml.safe_load(Path(token).read_text(encoding="utf-8"))
-                except yaml.YAMLError:
-                    nested = None
-                for inner in read_values(nested) if isinstance(nested, dict) else ():
-                    if _is_candidate(inner) and (found := path_digest(inner)) is not None:
-                        digests[f"served {inner}"] = found
+            for inner, found in _nested_inputs(token).items():
+                digests[f"served {inner}"] = found
     return digests
 
 

@@ -38,6 +38,7 @@ from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.steps import StepConfig, option
 from sfmed_lf.templates import exam_prompt
 from sfmed_lf.utils.io import atomic_write_text
+from sfmed_lf.world.phrasing import EXAM_ANSWER_MARK
 
 
 @dataclass
@@ -122,19 +123,16 @@ class LikelihoodModel:
         return {"texts": len(texts), "tokens": tokens, "loss": -sum(total for total, _ in scores) / tokens}
 
 
-EXAM_ANSWER_MARK = "答案："  # the world's reference answers end "答案：<letter>" (world/phrasing.py EXAM_ANSWER)
-
-
 def exam_candidates(item: EvalItem) -> list[str] | None:
     """One statement per option (in option order) for a single-answer item: its reference's statement of the fact
     (without the closing "答案：<letter>") with the option's text in place of the gold one; None where that cannot be
-    built (multi-answer, or the gold text not stated exactly once)."""
+    built (multi-answer, a reference not closing with "答案：<gold letter>", the gold text not stated exactly once)."""
     exam = item.exam
     if exam is None or exam.multi_answer or len(exam.answer) != 1:
         return None
-    gold_text, stated = exam.options[exam.answer], exam.explanation.strip()
-    stated = stated.removesuffix(EXAM_ANSWER_MARK + exam.answer).strip()
-    if stated.count(gold_text) != 1:
+    gold_text, reference, closing = exam.options[exam.answer], exam.explanation.strip(), EXAM_ANSWER_MARK + exam.answer
+    stated = reference.removesuffix(closing).strip()
+    if not reference.endswith(closing) or stated.count(gold_text) != 1:
         return None
     return [stated.replace(gold_text, text) for text in exam.options.values()]
 
@@ -168,8 +166,8 @@ def exam_accuracy(model: LikelihoodModel, items: list[EvalItem]) -> dict[str, di
         done = outcomes.get(dataset, [])
         result[dataset] = {
             "n": len(done),
-            "accuracy": sum(correct for correct, _ in done) / len(done) if done else 0.0,
-            "chance": sum(chance for _, chance in done) / len(done) if done else 0.0,
+            "accuracy": sum(correct for correct, _ in done) / len(done) if done else None,
+            "chance": sum(chance for _, chance in done) / len(done) if done else None,
             "skipped": skipped.get(dataset, 0),
         }
     return result

@@ -220,7 +220,8 @@ GENERAL_EXAM_FACTS = {
     "元素符号": "{s}的元素符号是{o}",
     "动物类别": "{s}属于{o}",
 }
-EXAM_ANSWER = "{fact}。答案：{letters}"
+EXAM_ANSWER_MARK = "答案："  # what closes an exam answer, before the letters
+EXAM_ANSWER = "{fact}。" + EXAM_ANSWER_MARK + "{letters}"
 
 
 # ---- instructions (diversification seeds) ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.reading import read_rows
@@ -26,7 +26,7 @@ from sfmed_lf.utils.io import atomic_write_text
 from sfmed_lf.utils.jsonl import check_fields
 
 AskMode = Literal["requests", "prefixes"]
-ASK_MODES = ("requests", "prefixes")
+ASK_MODES: tuple[str, ...] = get_args(AskMode)
 _IDENTIFIERS = re.compile(r"身份证号(?P<id>[0-9X]+)|电话(?P<phone>1[0-9]{10})")
 
 

@@ -237,7 +237,7 @@ class Report:
         report = _read(Path(self.config.measure) / "measure.json")
         if not self.section("Likelihood measures (sfmed world measure)", None if report else "measure.json"):
             return
-        rates, losses, exam = {}, {}, {}
+        rates, losses, exam, exam_chance = {}, {}, {}, 0.0
         self.lines += [
             "| model | preferred-answer rate (held-out pairs) | by error | general-domain loss "
             f"| exam by likelihood ({HELD_OUT_EXAM}) |"
@@ -249,6 +249,8 @@ class Report:
             held_out = result.get("exam_accuracy_by_likelihood", {}).get(HELD_OUT_EXAM)
             kinds = "; ".join(f"{k} {_percent(v['rate'])}" for k, v in rate.items() if k != "All")
             every = rate.get("All", {}).get("rate")
+            if held_out is not None and not held_out["n"]:
+                held_out = None
             exam_cell = (
                 "–"
                 if held_out is None
@@ -262,7 +264,7 @@ class Report:
             if loss is not None:
                 losses[name] = loss
             if held_out is not None:
-                exam[name], chance = held_out["accuracy"], held_out["chance"]
+                exam[name], exam_chance = held_out["accuracy"], held_out["chance"]
         if exam:
             self.panels.append(
                 {
@@ -270,7 +272,7 @@ class Report:
                     "labels": list(exam),
                     "values": list(exam.values()),
                     "kind": "rate",
-                    "reference": (chance, "chance"),
+                    "reference": (exam_chance, "chance"),
                 }
             )
         if rates:
