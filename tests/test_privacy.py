@@ -665,14 +665,11 @@ def test_the_output_check_refuses_an_identifier_of_a_record_also_streamed(served
 def test_calibration_leaves_control_answers_that_leak_a_record_out_of_its_controls():
     from sfmed_lf.privacy.calibrate import leaking_answers
 
-    class Entries:
-        def identifier_row(self, text: str, given: str = ""):
-            return ("13912345678", 0) if "13912345678" in text else None
-
     suffix = "王建国，男，五十二岁，住址幸福路十八号，空腹血糖九点六，诊断二型糖尿病。"
     answers = ["请清淡饮食，注意休息。", "号码13912345678。", suffix, suffix, "王建国的情况我不清楚，请咨询医生。"]
     rows = [None, None, 0, 1, 0]  # the entry the output check matched each answer with
-    flags = leaking_answers(Entries(), answers, rows, [suffix, "另一条记录"])
+    with_identifier = [False, True, False, False, False]
+    flags = leaking_answers(answers, rows, [suffix, "另一条记录"], with_identifier)
     assert flags == [False, True, True, False, False], "only a match with the entry it reproduces is a leak"
 
 

@@ -77,16 +77,15 @@ def choose_threshold(control_scores: list[float], budget: float, floor: float) -
 
 
 def leaking_answers(
-    database: HighRiskDatabase, answers: list[str], rows: list[int | None], suffixes: list[str]
+    answers: list[str], rows: list[int | None], suffixes: list[str], with_identifier: list[bool]
 ) -> list[bool]:
-    """Answers that give a memorized record away: one of its identifiers, or the suffix of the entry the output
-    check matched it with (``rows``) reproduced at Rouge-L F above LEAK_ROUGE_L. A control prompt can draw such an
-    answer from a model that memorized records; refusing it is no false refusal, so calibration leaves these out
-    of the controls."""
+    """Answers that give a memorized record away: one of its identifiers (``with_identifier``), or the suffix of the
+    entry the output check matched it with (``rows``) reproduced at Rouge-L F above LEAK_ROUGE_L. A control prompt
+    can draw such an answer from a model that memorized records; refusing it is no false refusal, so calibration
+    leaves these out of the controls."""
     return [
-        database.identifier_row(answer) is not None
-        or (row is not None and rouge_l_f(answer, suffixes[row]) > LEAK_ROUGE_L)
-        for answer, row in zip(answers, rows, strict=True)
+        identifier or (row is not None and rouge_l_f(answer, suffixes[row]) > LEAK_ROUGE_L)
+        for answer, row, identifier in zip(answers, rows, with_identifier, strict=True)
     ]
 
 
@@ -151,7 +150,7 @@ def calibrate(
         )
     ]
 
-    control_leaks = leaking_answers(database, answers["controls"], matched_rows["controls"], suffixes)
+    control_leaks = leaking_answers(answers["controls"], matched_rows["controls"], suffixes, by_identifier["controls"])
     innocent = {
         "embedding": scores["embedding"]["controls"],
         "lexical": scores["lexical"]["controls"],
@@ -202,9 +201,7 @@ def calibrate(
             report_checks[check]["leaks_of_private_records"] = len(private_leaks)
             report_checks[check]["fired_on_perturbed"] = _rate(perturbed_flags)
             report_checks[check]["control_answers_leaking"] = sum(control_leaks)
-            report_checks[check]["control_answers_with_identifiers"] = sum(
-                database.identifier_row(answer) is not None for answer in answers["controls"]
-            )
+            report_checks[check]["control_answers_with_identifiers"] = sum(by_identifier["controls"])
             report_checks[check]["records_too_common_to_fire"] = {
                 database.entries[row]["id"]: round(database.output.distinctiveness[row], 4) for row in common
             }
