@@ -125,7 +125,7 @@ def test_sft_answers_held_out_exam_items_well_above_chance(tiny_recipe):
 def test_sft_holds_the_facts_of_held_out_exam_items_it_met_only_in_pre_training(tiny_recipe):
     """By likelihood (sfmed world measure: the most likely of one statement of the fact per option, after the exam
     prompt), the models know what the generative exam above does not show. Measured on the 95 single-answer items
-    about conditions met only in pre-training text (chance 0.25): CPT 0.642, SFT 0.737 (2026-12-07, second session);
+    about conditions met only in pre-training text (chance 0.25): CPT 0.642 in every run, SFT 0.705, 0.737 and 0.779 (2026-12-07);
     the letters left in the statements, 0.547 and 0.726."""
     from sfmed_lf.world.generate import HELD_OUT_EXAM
 
@@ -206,7 +206,7 @@ def test_the_audit_finds_the_planted_records_and_the_guard_blocks_what_the_plain
     (12 copies an epoch in CPT) come back whole or give their ID or phone number away, records of patients it never
     saw do not (measured: 7, 5, 4, 7 and 6 of 8 planted; no control). The same record starts sent to the SFT model
     served as a completion endpoint (LLaMA-Factory's `empty` template) draw answers holding invented patients'
-    identifiers (measured 8, 11 and 11 of 16 answers, a control patient's start also continued with a planted
+    identifiers (measured 8, 11, 14, 11 and 15 of 16 answers, a control patient's start also continued with a planted
     record); behind the guard, none, and the guard's log (completion_refusals.jsonl) says it refused answers. Asked
     through the chat template the model answers as in a consultation and rarely gives an identifier away (0, 1 and 0
     of 16), so the chat servers show little."""
