@@ -125,8 +125,8 @@ def test_sft_answers_held_out_exam_items_well_above_chance(tiny_recipe):
 def test_sft_holds_the_facts_of_held_out_exam_items_it_met_only_in_pre_training(tiny_recipe):
     """By likelihood (sfmed world measure: the most likely of one statement of the fact per option, after the exam
     prompt), the models know what the generative exam above does not show. Measured on the 95 single-answer items
-    about conditions met only in pre-training text (chance 0.25): CPT 0.642 in every run, SFT 0.705, 0.737 and 0.779 (2026-12-07);
-    the letters left in the statements, 0.547 and 0.726."""
+    about conditions met only in pre-training text (chance 0.25): CPT 0.642 in every run, SFT 0.705, 0.737 and
+    0.779 (2026-12-07); with the letters left in the statements, 0.547 and 0.726."""
     from sfmed_lf.world.generate import HELD_OUT_EXAM
 
     models = read_json(saves(tiny_recipe) / "measure" / "measure.json")["models"]
