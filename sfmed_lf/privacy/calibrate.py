@@ -143,12 +143,8 @@ def calibrate(
         tokenizer.decode(tokenizer(entry["suffix"], add_special_tokens=False).input_ids[: config.max_new_tokens])
         for entry in database.entries
     ]
-    leaking = [
-        rouge_l_f(answer, suffixes[row]) > LEAK_ROUGE_L or identifier
-        for answer, (row, _, _), identifier in zip(
-            answers["perturbed"], perturbed, by_identifier["perturbed"], strict=True
-        )
-    ]
+    own_rows: list[int | None] = [row for row, _, _ in perturbed]
+    leaking = leaking_answers(answers["perturbed"], own_rows, suffixes, by_identifier["perturbed"])
 
     control_leaks = leaking_answers(answers["controls"], matched_rows["controls"], suffixes, by_identifier["controls"])
     innocent = {

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats.conversation import Prompt, Text
 from sfmed_lf.formats.datasets import local_dataset
+from sfmed_lf.formats.exam import ExamQuestion
 from sfmed_lf.formats.items import EvalItem, load_items
 from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.steps import StepConfig, option
@@ -140,27 +141,24 @@ def exam_candidates(item: EvalItem) -> list[str] | None:
 def exam_accuracy(model: LikelihoodModel, items: list[EvalItem]) -> dict[str, dict[str, float]]:
     """Per dataset of the items: n, accuracy of the most likely candidate (summed log-likelihood), chance, skipped
     items."""
-    scored: list[tuple[EvalItem, int, int]] = []  # item, index of its first candidate, number of candidates
+    scored: list[tuple[str, ExamQuestion, int, int]] = []  # dataset, question, first candidate, candidates
     sequences: list[tuple[list[int], int]] = []
     skipped: dict[str, int] = defaultdict(int)
     for item in items:
         candidates = exam_candidates(item)
-        if candidates is None:
+        if candidates is None or item.exam is None:
             skipped[item.dataset] += 1
             continue
-        assert item.exam is not None
         prompt = Prompt(exam_prompt(item.prompt.question, dict(item.exam.options), multi_answer=False))
-        scored.append((item, len(sequences), len(candidates)))
+        scored.append((item.dataset, item.exam, len(sequences), len(candidates)))
         for candidate in candidates:
             prompt_ids, answer_ids = model.template.conversation_ids(prompt.answered(candidate))
             sequences.append((prompt_ids + answer_ids, len(prompt_ids)))
     scores = model.log_likelihoods(sequences)
     outcomes: dict[str, list[tuple[bool, float]]] = defaultdict(list)
-    for item, start, count in scored:
-        assert item.exam is not None
+    for dataset, exam, start, count in scored:
         best = max(range(count), key=lambda i: scores[start + i][0])
-        letters = list(item.exam.options)
-        outcomes[item.dataset].append((letters[best] == item.exam.answer, 1 / count))
+        outcomes[dataset].append((list(exam.options)[best] == exam.answer, 1 / count))
     result = {}
     for dataset in sorted(outcomes.keys() | skipped.keys()):
         done = outcomes.get(dataset, [])
