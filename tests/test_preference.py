@@ -13,9 +13,12 @@ import pytest
 import yaml
 
 from sfmed_lf.cli import main as sfmed_main
+from sfmed_lf.formats.conversation import Prompt
+from sfmed_lf.formats.pairs import PreferencePair
 from sfmed_lf.preference.judge import decide, parse_verdict
 from sfmed_lf.preference.pairs import PAIRS_DATASET, load_pairs, register_pairs
 from sfmed_lf.preference.rule_judge import rule_judge_server, rules, verdict
+from sfmed_lf.preference.scoring import heldout_accuracy
 from sfmed_lf.preference.selection import select_actions, strengths
 from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
 from tests.helpers import NO_MERGING, REALDATA, REPO_ROOT, lf_load_dataset, lf_train, read_json, run
@@ -104,6 +107,25 @@ def crafted_responses(out: Path) -> None:
 def judge_config(tmp_path: Path, out: Path, url: str) -> Path:
     judges = [{"url": url, "model": model} for model in ("terms", "length", "clean")]
     return write_config(tmp_path / f"{out.name}.yaml", output_dir=str(out), judges=judges, max_retries=0)
+
+
+def test_heldout_accuracy_per_model_for_the_ensemble_and_by_error_kind():
+    def pair(index: int, kind: str | None) -> PreferencePair:
+        metadata = {"error": kind} if kind else {}
+        return PreferencePair(f"p{index}", Prompt(f"question {index}"), "right", "wrong", metadata)
+
+    pairs = [pair(0, "wrong_drug"), pair(1, "wrong_drug"), pair(2, "repeated_follow_up"), pair(3, None)]
+    # [chosen, rejected] per pair and model: model 0 ranks pairs 0, 2 and 3 right, model 1 pairs 0 and 1; their mean
+    # ranks pairs 0, 1 (2.0 against 1.5) and 3 right, pair 2 wrong (1.0 against 1.5)
+    scores = [[[1, 0], [0, 1], [1, 0], [1, 0]], [[1, 0], [4, 2], [1, 3], [0, -2]]]
+    records = [{"heldout": {p.key: s for p, s in zip(pairs, model, strict=True)}} for model in scores]
+    result = heldout_accuracy(records, pairs)
+    assert result["pairs"] == 4 and result["accuracy_per_model"] == [0.75, 0.75] and result["ensemble_accuracy"] == 0.75
+    kinds = result["by_error_kind"]
+    assert list(kinds) == ["repeated_follow_up", "unlabelled", "wrong_drug"]
+    assert kinds["wrong_drug"] == {"pairs": 2, "accuracy_per_model": [0.5, 1.0], "ensemble_accuracy": 1.0}
+    assert kinds["repeated_follow_up"]["ensemble_accuracy"] == 0.0 and kinds["unlabelled"]["pairs"] == 1
+    assert "by_error_kind" not in heldout_accuracy(records, [pairs[3]])  # pairs that name no kind: no breakdown
 
 
 def test_judges_vote_in_both_orders_and_resume(tmp_path):

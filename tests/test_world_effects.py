@@ -166,20 +166,28 @@ def test_the_preference_stage_selects_from_the_judged_pairs_what_its_report_says
 @pytest.mark.xfail(
     strict=False,
     reason="not reliably reached (issue 13): the ensemble of three tiny reward models scores the held-out pairs at "
-    "0.761 (three runs), 0.769, 0.806, 0.754, 0.791, 0.739 and 0.709 in nine runs (134 pairs, +-0.035 from run to "
-    "run), at the 0.8 the issue asks. "
-    "By kind (the 0.806 run): follow-up in single-turn mode 1.00, missed contraindication 1.00, wrong drug 0.72, "
-    "repeated follow-up question 0.55. One model retrained on that run's pairs: 0.754 as configured, 0.739 with 4 "
-    "epochs, 0.724 at lr 1e-3, 0.746 at lr 2e-4, 0.791 and 0.769 at lr 1e-4 x 3 epochs (two data orders).",
+    "0.761 (four runs), 0.769, 0.806, 0.754, 0.791, 0.739 and 0.709 in ten runs (134 pairs, +-0.035 from run to "
+    "run), at the 0.8 the issue asks. By error kind (score_report.json, run of 2026-12-07 14:35): follow-up in "
+    "single-turn mode 1.00, missed contraindication 1.00, wrong drug 0.49, repeated follow-up question 0.64. One model "
+    "retrained on that run's 466 pairs: 0.769 as configured, 0.746 at lr 1e-4, 0.724 at 5e-5, 0.746 with 4 epochs, "
+    "0.724 / 0.709 training the last layer only, 0.739 with LoRA; with more pairs of the world's four kinds on the "
+    "trained conditions: +1248 pairs 0.851 (repeated follow-up 0.88) at 3.5x the training time, one epoch of them "
+    "0.799 / 0.761. Wrong drug stays at 0.36-0.64 in every variant: the reward model does not carry what CPT stored "
+    "about the held-out conditions into its score (the SFT model's own likelihood prefers the right drug 1.00).",
 )
 def test_reward_models_rank_held_out_pairs_with_fluent_wrong_answers(tiny_recipe):
     heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
     assert heldout["ensemble_accuracy"] >= 0.8, heldout
 
 
-def test_reward_models_rank_held_out_pairs_above_chance(tiny_recipe):
+def test_reward_models_rank_held_out_pairs_above_chance_and_catch_the_kinds_of_error_they_can_see(tiny_recipe):
     heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
     assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.709-0.806 of 134
+    kinds = {kind: group["ensemble_accuracy"] for kind, group in heldout["by_error_kind"].items()}
+    assert kinds.keys() == {"wrong_drug", "missed_contraindication", "repeated_follow_up", "follow_up_in_single_turn"}
+    # errors visible in the answer's form, not its facts: 1.00 and 1.00 (two runs' ensembles), 0.97-1.00 for every
+    # one of 13 models retrained with other settings
+    assert kinds["missed_contraindication"] >= 0.9 and kinds["follow_up_in_single_turn"] >= 0.9, kinds
 
 
 def test_dpo_raises_the_preferred_answer_rate_over_sft(tiny_recipe):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from sfmed_lf.formats.conversation import Prompt
 
+ERROR_KIND = "error"  # metadata key: what is wrong with the rejected answer (the generated world writes it)
+
 
 def pair_key(prompt_texts: list[str], chosen: str, rejected: str) -> str:
     payload = json.dumps([prompt_texts, chosen, rejected], ensure_ascii=False)
@@ -31,6 +33,10 @@ class PreferencePair:
     @property
     def key(self) -> str:
         return pair_key(self.prompt.texts(), self.chosen, self.rejected)
+
+    @property
+    def error_kind(self) -> str | None:
+        return self.metadata.get(ERROR_KIND)
 
     def flipped(self) -> PreferencePair:
         return PreferencePair(self.id, self.prompt, self.rejected, self.chosen, self.metadata)

@@ -11,13 +11,16 @@ responses, or with two identical responses, is an error naming its file, line an
 
 With ``heldout_dataset`` (a ranking dataset of ``heldout_dataset_dir`` the reward models never trained on), every
 model also scores those pairs, and ``score_report.json`` gives each model's and the ensemble's (mean score) held-out
-accuracy: the share of pairs whose chosen answer scores higher.
+accuracy: the share of pairs whose chosen answer scores higher — overall and, where the pairs name it, per error kind
+of the rejected answer (``by_error_kind``).
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -94,11 +97,24 @@ def pair_scores(
     return scores, truncated
 
 
-def heldout_accuracy(records: list[dict], pairs: list[PreferencePair]) -> dict[str, float | list[float]]:
-    """Each model's share of held-out pairs with chosen above rejected, and the ensemble's on mean scores."""
+def heldout_accuracy(records: list[dict], pairs: list[PreferencePair]) -> dict[str, Any]:
+    """Each model's share of held-out pairs with chosen above rejected, and the ensemble's on mean scores; by error
+    kind too where the pairs name one (``metadata.error``, as the generated world's do), so a report shows which
+    kind of wrong answer the reward models miss rather than one mean."""
+    result = _accuracy(records, pairs)
+    kinds: dict[str, list[PreferencePair]] = defaultdict(list)
+    for pair in pairs:
+        kinds[pair.error_kind or "unlabelled"].append(pair)
+    if set(kinds) != {"unlabelled"}:
+        result["by_error_kind"] = {kind: _accuracy(records, group) for kind, group in sorted(kinds.items())}
+    return result
+
+
+def _accuracy(records: list[dict], pairs: list[PreferencePair]) -> dict[str, Any]:
     per_model = [sum(r["heldout"][p.key][0] > r["heldout"][p.key][1] for p in pairs) / len(pairs) for r in records]
     mean = [[sum(r["heldout"][p.key][side] for r in records) / len(records) for side in (0, 1)] for p in pairs]
-    return {"accuracy_per_model": per_model, "ensemble_accuracy": sum(c > r for c, r in mean) / len(pairs)}
+    ensemble = sum(c > r for c, r in mean) / len(pairs)
+    return {"pairs": len(pairs), "accuracy_per_model": per_model, "ensemble_accuracy": ensemble}
 
 
 def score_pairs(config: PreferenceConfig) -> list[Path]:
@@ -137,7 +153,6 @@ def score_pairs(config: PreferenceConfig) -> list[Path]:
         records = [output.records[str(index)] for index in range(len(models))]
         report["heldout"] = {
             "dataset": config.heldout_dataset,
-            "pairs": len(heldout),
             **heldout_accuracy(records, heldout),
         }
         atomic_write_text(config.out / "score_report.json", json.dumps(report, indent=2) + "\n")

@@ -48,7 +48,7 @@ from sfmed_lf.formats.conversation import Conversation, Prompt
 from sfmed_lf.formats.exam import ExamQuestion
 from sfmed_lf.formats.items import EvalItem
 from sfmed_lf.formats.lf_rows import dataset_info_entry, to_alpaca_row, to_ranking_row, to_sharegpt_row
-from sfmed_lf.formats.pairs import PreferencePair
+from sfmed_lf.formats.pairs import ERROR_KIND, PreferencePair
 from sfmed_lf.steps import StepConfig, option
 from sfmed_lf.templates import MULTI_TURN_INSTRUCTION, SINGLE_TURN_INSTRUCTION, exam_prompt
 from sfmed_lf.utils.io import atomic_write_text
@@ -370,7 +370,7 @@ class WorldBuilder:
                 rejected = chosen.replace(condition.alternative if in_population else condition.drug, wrong)
         self.remember_prompt(question, history, condition, mode)
         prompt = Prompt(question, tuple(tuple(turn) for turn in history), system)
-        return PreferencePair(pair_id, prompt, chosen, rejected, {"condition": condition.name, "error": kind})
+        return PreferencePair(pair_id, prompt, chosen, rejected, {"condition": condition.name, ERROR_KIND: kind})
 
     def preference_data(self) -> tuple[list[dict[str, Any]], list[PreferencePair]]:
         """Prompts for ``sfmed pref sample`` (alpaca rows answered correctly, with both candidates in a random

@@ -174,7 +174,7 @@ def exam_accuracy(model: LikelihoodModel, items: list[EvalItem]) -> dict[str, di
 def rates(pairs: list[PreferencePair], preferred: list[bool]) -> dict[str, dict[str, float]]:
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for pair, won in zip(pairs, preferred, strict=True):
-        by_kind[pair.metadata.get("error", "pairs")].append(won)
+        by_kind[pair.error_kind or "pairs"].append(won)
     result = {kind: {"n": len(v), "rate": sum(v) / len(v)} for kind, v in sorted(by_kind.items())}
     return {**result, "All": {"n": len(preferred), "rate": sum(preferred) / len(preferred)}}
 

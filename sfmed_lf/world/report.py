@@ -221,6 +221,15 @@ class Report:
                 f"Reward models on {heldout['pairs']} held-out pairs: accuracy {per_model} each, ensemble "
                 f"{heldout['ensemble_accuracy']:.3f}."
             )
+            kinds = heldout.get("by_error_kind", {})
+            if kinds:
+                self.lines[-1] += (
+                    " The ensemble by error kind of the rejected answer: "
+                    + "; ".join(
+                        f"{kind} {_percent(v['ensemble_accuracy'])} ({v['pairs']} pairs)" for kind, v in kinds.items()
+                    )
+                    + "."
+                )
             self.panels.append(
                 {
                     "title": "reward models: held-out pair accuracy",
