@@ -129,11 +129,11 @@ def calibrate(
         answers[name] = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
         scored = [scorer.output_score(answer) for answer in answers[name]]
         scores["output"][name], matched_rows[name] = [score for score, _ in scored], [row for _, row in scored]
-    # the output check also refuses an answer holding an identifier of a memorized record, whatever its score
+    # the output check also refuses an answer holding a protected identifier, whatever its score
     requests = {"controls": controls, "perturbed": perturbed_conversations}
     by_identifier = {
         name: [
-            database.identifier_row(answer, request.whole_text) is not None
+            database.identifier_hit(answer, request.whole_text) is not None
             for answer, request in zip(answers[name], requests[name], strict=True)
         ]
         for name in answers

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from sfmed_lf.steps import StepConfig, option
 
 SplitMode = Literal["prompt", "ratio", "tokens"]
 Pooling = Literal["mean", "last"]
+Protected = Literal["memorized", "audited"]
 # a line of audit_results.jsonl and high_risk.jsonl: `sfmed privacy audit` writes them, `sfmed privacy build-db` reads
 AUDIT_FIELDS = {"id": str, "query": str, "suffix": str, "generation": str, "rouge_l": float, "prefix_tokens": int}
 
@@ -82,7 +83,8 @@ class DatabaseConfig(StepConfig):
     model_name_or_path: str = option(help="The model the guard serves: embeddings and calibration come from it.")
     audit_dir: str = option(help="Where `sfmed privacy audit` wrote audit_results.jsonl and high_risk.jsonl.")
     output_dir: str = option(
-        help="index.faiss, center.npy, entries.jsonl, meta.json, calibration_report.json, calibration_scores.png."
+        help="index.faiss, center.npy, entries.jsonl, protected.jsonl, meta.json, calibration_report.json, "
+        "calibration_scores.png."
     )
     template: str = option("sfmed", help="LLaMA-Factory template the model serves with (calibration prompts).")
     layer: int | None = option(None, help="Hidden-state index (0 = embeddings output); null: the middle layer.")
@@ -91,6 +93,12 @@ class DatabaseConfig(StepConfig):
         None, help='JSONL of {"id", "secure_response"}; other entries get default_secure_response.'
     )
     default_secure_response: str = option(DEFAULT_SECURE_RESPONSE, help="Answer served for a memorized record.")
+    protect_identifiers: Protected = option(
+        "audited",
+        help="Whose identifiers (the audit's sensitive_pattern) the output check refuses to give away: audited = "
+        "every record the audit read, memorized = the high-risk records only. The audit's prompts find a lower bound: "
+        "a record they did not bring back can still come back for another request.",
+    )
     lexical_ngram: int = option(2, help="Character n-grams of the prompt check (Chinese: 2; alphabetic text: 3-4).")
     output_ngram: int = option(3, help="Character n-grams of the output check.")
     output_cap: int = option(
@@ -119,6 +127,8 @@ class DatabaseConfig(StepConfig):
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be mean or last, not {self.pooling!r}.")
+        if self.protect_identifiers not in get_args(Protected):
+            raise ValueError(f"protect_identifiers must be audited or memorized, not {self.protect_identifiers!r}.")
         if isinstance(self.controls, str):
             self.controls = [self.controls]
         if not 0 < self.target_false_refusal_rate < 1:

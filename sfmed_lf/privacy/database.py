@@ -5,19 +5,22 @@
 - the query's and the memorized suffix's character n-grams with their weights (sfmed_lf/privacy/ngrams.py) — the
   lexical input check and the output check;
 - the secure counterpart served instead of the memorized text;
+- the identifiers (the audit's ``sensitive_pattern``) the output check refuses to give away: the entries' own and,
+  with ``protect_identifiers: audited``, those of every other audited record (``protected.jsonl``);
 - the thresholds calibrated by ``sfmed privacy build-db`` (sfmed_lf/privacy/calibrate.py) and the fingerprint of the
   model it was built for (sfmed_lf/privacy/fingerprint.py), checked when the guard loads.
 
 Files in ``output_dir``: ``index.faiss``, ``center.npy`` (mean pooled state of every audited query, subtracted
-before normalising), ``entries.jsonl`` (row i = index vector i), ``ngrams.json``, ``meta.json``; with calibration
-also ``calibration_report.json`` and ``calibration_scores.png``. Each is written atomically, ``meta.json`` last.
+before normalising), ``entries.jsonl`` (row i = index vector i), ``protected.jsonl``, ``ngrams.json``, ``meta.json``;
+with calibration also ``calibration_report.json`` and ``calibration_scores.png``. Each is written atomically,
+``meta.json`` last.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,7 @@ class HighRiskDatabase:
     thresholds: dict[str, float | None]
     hold_back: int  # characters a streamed answer is held back
     model: dict[str, Any]  # content fingerprint of the model it was built for
+    protected: list[dict[str, Any]] = field(default_factory=list)  # other audited records: id, identifiers
 
     @classmethod
     def load(cls, directory: str | Path) -> HighRiskDatabase:
@@ -96,6 +100,8 @@ class HighRiskDatabase:
             index = faiss.deserialize_index(np.frombuffer((directory / "index.faiss").read_bytes(), dtype=np.uint8))
             center = np.load(directory / "center.npy")
             entries = [row for _, row in read_rows(directory / "entries.jsonl")]
+            protected_path = directory / "protected.jsonl"  # absent in databases built before it existed
+            protected = [row for _, row in read_rows(protected_path)] if protected_path.exists() else []
             ngrams = json.loads((directory / "ngrams.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, RuntimeError) as error:
             message = f"{directory}: not a high-risk database ({error}); build it with `sfmed privacy build-db`."
@@ -106,10 +112,11 @@ class HighRiskDatabase:
                 f"{FORMAT_VERSION} (input and output checks, calibrated thresholds, model fingerprint); rebuild it "
                 "with `sfmed privacy build-db`."
             )
-        for row, entry in enumerate(entries, start=1):
-            values = entry.get("identifiers", [])
-            if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-                raise DataError(f"{directory}/entries.jsonl: line {row}: field 'identifiers' must be a list of text.")
+        for name, records in (("entries.jsonl", entries), ("protected.jsonl", protected)):
+            for row, entry in enumerate(records, start=1):
+                values = entry.get("identifiers", [])
+                if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+                    raise DataError(f"{directory}/{name}: line {row}: field 'identifiers' must be a list of text.")
         if index.ntotal != len(entries) or meta["count"] != len(entries):
             raise DataError(f"{directory}: index has {index.ntotal} vectors for {len(entries)} entries; rebuild it.")
         return cls(
@@ -125,21 +132,24 @@ class HighRiskDatabase:
             meta["thresholds"],
             meta["hold_back"],
             meta["model"],
+            protected,
         )
 
-    def identifier_row(self, text: str, given: str = "") -> tuple[str, int] | None:
-        """The first entry identifier that ``text`` gives away and ``given`` (the request) did not hold, with the
-        entry's row (None: none). Spaces and dashes inside a number do not hide it (identifiers.py)."""
+    def identifier_hit(self, text: str, given: str = "") -> tuple[str, dict[str, Any]] | None:
+        """The first protected identifier that ``text`` gives away and ``given`` (the request) did not hold, with its
+        record — an entry or a protected audited record (None: none). Spaces and dashes inside a number do not hide it
+        (identifiers.py)."""
         text, given = compact(text), compact(given)
-        for row, entry in enumerate(self.entries):
-            for value in entry.get("identifiers", ()):
+        for record in (*self.entries, *self.protected):
+            for value in record.get("identifiers", ()):
                 if value in text and value not in given:
-                    return value, row
+                    return value, record
         return None
 
     @property
     def longest_identifier(self) -> int:
-        return max((len(value) for entry in self.entries for value in entry.get("identifiers", ())), default=0)
+        records = (*self.entries, *self.protected)
+        return max((len(value) for record in records for value in record.get("identifiers", ())), default=0)
 
     def nearest(self, unit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of each row's closest entry, and that entry's row (-1 with an empty database)."""
@@ -185,6 +195,12 @@ def build_database(config: DatabaseConfig) -> list[Path]:
         }
         for row in rows
     ]
+    stored = {entry["id"] for entry in entries}
+    protected = [
+        {"id": row["id"], "identifiers": found, "secure_response": config.default_secure_response}
+        for row in (audited if pattern and config.protect_identifiers == "audited" else [])
+        if row["id"] not in stored and (found := record_identifiers(pattern, row["query"], row["suffix"]))
+    ]
     lexical = _weighted_index([r["query"] for r in audited], [e["query"] for e in entries], config.lexical_ngram)
     output = _weighted_index(
         [r["suffix"] for r in audited], [e["suffix"] for e in entries], config.output_ngram, config.output_cap
@@ -206,6 +222,7 @@ def build_database(config: DatabaseConfig) -> list[Path]:
         },
         hold_back=0,
         model=fingerprint,
+        protected=protected,
     )
     out = Path(config.output_dir)
     written = []
@@ -222,6 +239,8 @@ def build_database(config: DatabaseConfig) -> list[Path]:
         "pooling": config.pooling,
         "dimension": dimension,
         "count": len(entries),
+        "protected": len(protected),
+        "protect_identifiers": config.protect_identifiers,
         "thresholds": database.thresholds,
         "hold_back": database.hold_back,
         "calibrated": bool(config.calibrate and entries),
@@ -231,16 +250,21 @@ def build_database(config: DatabaseConfig) -> list[Path]:
     atomic_write_bytes(out / "index.faiss", faiss.serialize_index(index).tobytes())
     atomic_write_npy(out / "center.npy", center)
     atomic_write_text(out / "entries.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+    atomic_write_text(out / "protected.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in protected))
     atomic_write_text(out / "ngrams.json", json.dumps(ngrams, ensure_ascii=False) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
     thresholds = ", ".join(f"{check} {value}" for check, value in database.thresholds.items())
     print(
-        f"high-risk database: {len(entries)} entries, layer {layer}, {config.pooling} pooling; thresholds "
+        f"high-risk database: {len(entries)} entries ({len(protected)} more audited records' identifiers protected), "
+        f"layer {layer}, {config.pooling} pooling; thresholds "
         f"{thresholds}; streamed answers held back {database.hold_back} characters -> {out}"
     )
     return [
         *written,
-        *(out / name for name in ("index.faiss", "center.npy", "entries.jsonl", "ngrams.json", "meta.json")),
+        *(
+            out / name
+            for name in ("index.faiss", "center.npy", "entries.jsonl", "protected.jsonl", "ngrams.json", "meta.json")
+        ),
     ]
 
 

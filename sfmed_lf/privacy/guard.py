@@ -53,7 +53,7 @@ def _ensure_log_handler() -> None:
 class GuardDecision:
     refused_by: str | None  # the check that fired: embedding, lexical or output; None = allowed
     scores: dict[str, float]  # every check that ran
-    entry_id: str | None  # the high-risk record behind the refusal
+    entry_id: str | None  # the record behind the refusal (a high-risk entry or a protected audited record)
     secure_response: str | None  # served instead, when refused
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per check
@@ -150,15 +150,16 @@ class PrivacyGuard:
         return decision
 
     def identifier_decision(self, text: str, request: str = "") -> GuardDecision | None:
-        """A refusal when ``text`` holds an identifier of a memorized record that ``request`` did not (None: it
-        holds none). No score: the identifier decides, not an overlap."""
+        """A refusal when ``text`` holds a protected identifier (a memorized record's, or with ``protect_identifiers:
+        audited`` any audited record's) that ``request`` did not (None: it holds none). No score: the identifier
+        decides, not an overlap."""
         if "output" not in self.checks:
             return None
-        hit = self.database.identifier_row(text, request)
+        hit = self.database.identifier_hit(text, request)
         if hit is None:
             return None
-        entry = self.database.entries[hit[1]]
-        return GuardDecision("output", {}, entry["id"], entry["secure_response"], by_identifier=True)
+        record = hit[1]
+        return GuardDecision("output", {}, record["id"], record["secure_response"], by_identifier=True)
 
     def output_stream(self, request: str = "") -> GuardedStream:
         return GuardedStream(self, request)
@@ -185,7 +186,7 @@ class PrivacyGuard:
             else f"score {decision.scores[check]:.3f} >= threshold {self.thresholds[check]:.3f}"
         )
         logger.warning(
-            "refused the %s: %s check fired (%s), high-risk record %s; scores: %s; text sha256 %s; %.1f ms",
+            "refused the %s: %s check fired (%s), record %s; scores: %s; text sha256 %s; %.1f ms",
             where,
             check,
             why,
@@ -219,7 +220,7 @@ class GuardedStream:
 
     def __init__(self, guard: PrivacyGuard, request: str = "") -> None:
         self.guard, self.request, self.text, self.released = guard, request, "", 0
-        self.enabled = "output" in guard.checks and bool(guard.database.entries)
+        self.enabled = "output" in guard.checks and bool(guard.database.entries or guard.database.protected)
         self.identifier_length = guard.database.longest_identifier
         self._checked_up_to = 0
         self.grams = StreamingGrams(guard.database.output.n)
