@@ -725,6 +725,30 @@ def test_the_identifiers_of_audited_records_the_audit_did_not_flag_are_protected
     assert refused["memorized"].refused_by is None, refused
 
 
+def test_a_database_row_without_what_a_refusal_names_or_serves_is_refused_at_load(memorized, tmp_path):
+    import shutil
+
+    from sfmed_lf.errors import DataError
+    from sfmed_lf.privacy.database import HighRiskDatabase
+
+    for name, row in (
+        ("protected.jsonl", {"id": "records:1", "identifiers": ["13712345678"]}),
+        ("entries.jsonl", None),
+    ):
+        db = tmp_path / name
+        shutil.copytree(memorized.db, db)
+        if row is None:  # the first entry without its id
+            lines = (db / name).read_text(encoding="utf-8").splitlines()
+            first = {k: v for k, v in json.loads(lines[0]).items() if k != "id"}
+            (db / name).write_text("\n".join([json.dumps(first, ensure_ascii=False), *lines[1:]]) + "\n")
+            field = "id"
+        else:
+            (db / name).write_text(json.dumps(row) + "\n")
+            field = "secure_response"
+        with pytest.raises(DataError, match=rf"{name}: line 1: field '{field}'"):
+            HighRiskDatabase.load(db)
+
+
 def test_calibration_leaves_control_answers_that_leak_a_record_out_of_its_controls():
     from sfmed_lf.privacy.calibrate import leaking_answers
 

@@ -114,9 +114,13 @@ class HighRiskDatabase:
             )
         for name, records in (("entries.jsonl", entries), ("protected.jsonl", protected)):
             for row, entry in enumerate(records, start=1):
+                where = f"{directory}/{name}: line {row}"
+                for key in ("id", "secure_response"):  # what a refusal names and serves
+                    if not isinstance(entry.get(key), str) or not entry[key]:
+                        raise DataError(f"{where}: field '{key}' must be non-empty text; rebuild the database.")
                 values = entry.get("identifiers", [])
                 if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-                    raise DataError(f"{directory}/{name}: line {row}: field 'identifiers' must be a list of text.")
+                    raise DataError(f"{where}: field 'identifiers' must be a list of text.")
         if index.ntotal != len(entries) or meta["count"] != len(entries):
             raise DataError(f"{directory}: index has {index.ntotal} vectors for {len(entries)} entries; rebuild it.")
         return cls(
