@@ -731,21 +731,30 @@ def test_a_database_row_without_what_a_refusal_names_or_serves_is_refused_at_loa
     from sfmed_lf.errors import DataError
     from sfmed_lf.privacy.database import HighRiskDatabase
 
-    for name, row in (
-        ("protected.jsonl", {"id": "records:1", "identifiers": ["13712345678"]}),
-        ("entries.jsonl", None),
-    ):
-        db = tmp_path / name
+    def first_entry(change):  # entries.jsonl with its first row changed
+        def rewrite(lines: list[str]) -> list[str]:
+            return [json.dumps(change(json.loads(lines[0])), ensure_ascii=False), *lines[1:]]
+
+        return rewrite
+
+    cases = [
+        (
+            "protected.jsonl",
+            lambda _: [json.dumps({"id": "r:1"})],
+            "secure_response",
+            "missing",
+        ),
+        ("entries.jsonl", first_entry(lambda row: {k: v for k, v in row.items() if k != "id"}), "id", "missing"),
+        ("entries.jsonl", first_entry(lambda row: {**row, "secure_response": " "}), "secure_response", "is empty"),
+        ("entries.jsonl", first_entry(lambda row: {k: v for k, v in row.items() if k != "query"}), "query", "missing"),
+        ("entries.jsonl", first_entry(lambda row: {**row, "identifiers": "13712345678"}), "identifiers", "list"),
+    ]
+    for number, (name, rewrite, field, problem) in enumerate(cases):
+        db = tmp_path / f"db{number}"
         shutil.copytree(memorized.db, db)
-        if row is None:  # the first entry without its id
-            lines = (db / name).read_text(encoding="utf-8").splitlines()
-            first = {k: v for k, v in json.loads(lines[0]).items() if k != "id"}
-            (db / name).write_text("\n".join([json.dumps(first, ensure_ascii=False), *lines[1:]]) + "\n")
-            field = "id"
-        else:
-            (db / name).write_text(json.dumps(row) + "\n")
-            field = "secure_response"
-        with pytest.raises(DataError, match=rf"{name}: line 1: field '{field}'"):
+        lines = (db / name).read_text(encoding="utf-8").splitlines() if (db / name).exists() else []
+        (db / name).write_text("\n".join(rewrite(lines)) + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match=rf"{name}:1: field '{field}': .*{problem}"):
             HighRiskDatabase.load(db)
 
 

@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
 
 import numpy as np
 
@@ -51,6 +51,22 @@ def secure_counterparts(config: DatabaseConfig) -> dict[str, str]:
             raise location.error("is empty.", "secure_response")
         counterparts[row["id"]] = row["secure_response"].strip()
     return counterparts
+
+
+# what a refusal names and serves, and what the checks match: a row without them is refused at load, not at a refusal
+PROTECTED_FIELDS = {"id": str, "secure_response": str, "identifiers": NotRequired[list[str]]}
+ENTRY_FIELDS = {**PROTECTED_FIELDS, "query": str, "suffix": str}
+
+
+def _database_rows(path: Path, fields: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for location, row in read_rows(path):
+        check_fields(str(location), row, fields, "sfmed privacy build-db")
+        for name in ("id", "secure_response"):
+            if not row[name].strip():
+                raise location.error("is empty; rebuild the database with `sfmed privacy build-db`.", name)
+        rows.append(row)
+    return rows
 
 
 def _audit_rows(path: Path) -> list[dict[str, Any]]:
@@ -99,11 +115,13 @@ class HighRiskDatabase:
             meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
             index = faiss.deserialize_index(np.frombuffer((directory / "index.faiss").read_bytes(), dtype=np.uint8))
             center = np.load(directory / "center.npy")
-            entries = [row for _, row in read_rows(directory / "entries.jsonl")]
+            entries = _database_rows(directory / "entries.jsonl", ENTRY_FIELDS)
             protected_path = directory / "protected.jsonl"  # absent in databases built before it existed
-            protected = [row for _, row in read_rows(protected_path)] if protected_path.exists() else []
+            protected = _database_rows(protected_path, PROTECTED_FIELDS) if protected_path.exists() else []
             ngrams = json.loads((directory / "ngrams.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, RuntimeError) as error:
+            if isinstance(error, DataError):
+                raise
             message = f"{directory}: not a high-risk database ({error}); build it with `sfmed privacy build-db`."
             raise DataError(message) from error
         if meta.get("format") != FORMAT_VERSION:
@@ -112,15 +130,6 @@ class HighRiskDatabase:
                 f"{FORMAT_VERSION} (input and output checks, calibrated thresholds, model fingerprint); rebuild it "
                 "with `sfmed privacy build-db`."
             )
-        for name, records in (("entries.jsonl", entries), ("protected.jsonl", protected)):
-            for row, entry in enumerate(records, start=1):
-                where = f"{directory}/{name}: line {row}"
-                for key in ("id", "secure_response"):  # what a refusal names and serves
-                    if not isinstance(entry.get(key), str) or not entry[key]:
-                        raise DataError(f"{where}: field '{key}' must be non-empty text; rebuild the database.")
-                values = entry.get("identifiers", [])
-                if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-                    raise DataError(f"{where}: field 'identifiers' must be a list of text.")
         if index.ntotal != len(entries) or meta["count"] != len(entries):
             raise DataError(f"{directory}: index has {index.ntotal} vectors for {len(entries)} entries; rebuild it.")
         return cls(
