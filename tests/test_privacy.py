@@ -689,40 +689,44 @@ def test_the_identifiers_of_audited_records_the_audit_did_not_flag_are_protected
     with open(audit / "audit_results.jsonl", "a", encoding="utf-8") as results:
         results.write(json.dumps(unflagged, ensure_ascii=False) + "\n")
     answer = f"孙志强的电话是{phone}。"
+
+    def build(db: Path, protect: str) -> HighRiskDatabase:
+        options = [f"model_name_or_path={memorized.model}", f"audit_dir={audit}", f"output_dir={db}"]
+        options += [f"template={TEMPLATE}", f"protect_identifiers={protect}", "calibrate=false"]
+        options += ["embedding_threshold=0.9", "lexical_threshold=0.5", "output_threshold=0.5"]
+        run(["sfmed", "privacy", "build-db", "examples/yaml/tiny/privacy_db.yaml", *options], env=ONE_THREAD)
+        return HighRiskDatabase.load(db)
+
+    def streamed(guard: PrivacyGuard, text: str) -> tuple[str, object]:
+        stream = guard.output_stream()
+        sent = "".join(stream.push(piece) for piece in streamed_pieces(served.tokenizer, text)) + stream.finish()
+        return sent, stream.decision
+
     refused = {}
     for protect in ("audited", "memorized"):
-        db = tmp_path / f"db_{protect}"
-        run(
-            [
-                "sfmed",
-                "privacy",
-                "build-db",
-                "examples/yaml/tiny/privacy_db.yaml",
-                f"model_name_or_path={memorized.model}",
-                f"audit_dir={audit}",
-                f"output_dir={db}",
-                f"template={TEMPLATE}",
-                f"protect_identifiers={protect}",
-                "calibrate=false",
-                "embedding_threshold=0.9",
-                "lexical_threshold=0.5",
-                "output_threshold=0.5",
-            ],
-            env=ONE_THREAD,
-        )
-        database = HighRiskDatabase.load(db)
+        database = build(tmp_path / f"db_{protect}", protect)
         guard = PrivacyGuard(database, served.model, served.tokenizer, checks=("output",))
         refused[protect] = guard.check_output(answer)
         if protect == "audited":
             assert [(p["id"], p["identifiers"]) for p in database.protected] == [("records:99", [phone])]
             assert guard.hold_back >= len(phone)
-            stream = guard.output_stream()
-            sent = "".join(stream.push(piece) for piece in streamed_pieces(served.tokenizer, answer)) + stream.finish()
-            assert stream.decision is not None and stream.decision.entry_id == "records:99" and phone[:3] not in sent
+            sent, decision = streamed(guard, answer)
+            assert decision is not None and decision.entry_id == "records:99" and phone[:3] not in sent
         else:
-            assert database.protected == [] and not (db / "protected.jsonl").read_text()
+            assert database.protected == [] and not (tmp_path / "db_memorized" / "protected.jsonl").read_text()
     assert refused["audited"].by_identifier and refused["audited"].entry_id == "records:99", refused
     assert refused["memorized"].refused_by is None, refused
+
+    # an audit that flagged nothing: no entries, and the audited records' identifiers are refused all the same
+    (audit / "high_risk.jsonl").write_text("", encoding="utf-8")
+    database = build(tmp_path / "db_nothing_memorized", "audited")
+    assert database.entries == [] and "records:99" in {record["id"] for record in database.protected}
+    guard = PrivacyGuard(database, served.model, served.tokenizer, checks=("output",))
+    assert guard.check_output(answer).entry_id == "records:99"
+    sent, decision = streamed(guard, answer)
+    assert decision is not None and decision.by_identifier and phone[:3] not in sent
+    innocent = "孙志强应到消化内科就诊，按时服药。"
+    assert streamed(guard, innocent) == (innocent, None)
 
 
 def test_a_database_row_without_what_a_refusal_names_or_serves_is_refused_at_load(memorized, tmp_path):
