@@ -122,6 +122,13 @@ EXTRACTION_CASES = {
         ("答案为A、C、E", "ACE"),
         ("答案是 A 和 C，不选B", "AC"),
     ],
+    "stated option text": [
+        ("答案：出血量", "C"),
+        ("根据题干，表现取决于出血量。答案：出血量", "C"),
+        ("正确答案是“在胃内停留时间”。", "D"),
+        ("答案为出血部位和出血量", "BC"),
+        ("答案：原发病、出血量\n解析：……", "AC"),
+    ],
     "option verdicts": [("Option B is correct", "B"), ("选项C正确", "C")],
     "bare letters": [("C", "C"), ("（C）", "C"), ("B.", "B"), ("A、C", "AC"), ("ＡＣ", "AC")],
     "leading letter": [("B。因为出血部位决定颜色", "B"), ("D 在胃内停留时间", "D"), ("(E) 以上都不对", "E")],
@@ -191,7 +198,16 @@ def test_near_misses_of_those_classes_are_not_guessed(answer, multi):
 
 @pytest.mark.parametrize(
     "answer",
-    ["我认为这题很难", "A disease of the stomach", "a", "答案不是A，而是……", "", "出血部位和出血量都有关系"],
+    [
+        "我认为这题很难",
+        "A disease of the stomach",
+        "a",
+        "答案不是A，而是……",
+        "",
+        "出血部位和出血量都有关系",
+        "答案是出血量较多的那个，还是出血部位？",  # more than option texts after the statement
+        "答案不是出血量，也不是出血部位",  # negated statement
+    ],
 )
 def test_unextractable_answers_are_reported_not_guessed(answer):
     extraction = extract_choice(answer, OPTIONS)

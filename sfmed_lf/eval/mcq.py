@@ -9,6 +9,8 @@ Extraction rules, tried in this order; the first that yields letters decides, an
    "answer:", "correct option is", "I choose", and plural statements ("the correct options are A, B and C",
    "the answers are A and C"). A statement preceded by a negation (不选, 不是, 并非, 排除, not) does not count,
    and letters explicitly negated anywhere (不选A, 排除B, A不正确, "not C") are removed from the result.
+   **Stated option text**: when the last answer statement names no letter, it may name options by their whole
+   texts ("答案：阿莫西林", "正确答案是发热和咳嗽": only option texts and separators up to the sentence's end).
 3. **Option verdicts**: options judged one by one ("A项错误，C项正确", "B是正确的", "A、C均正确",
    "options A and C are correct", "D is wrong"): the options judged correct and never judged wrong.
 4. **Concluding "X选项"**: the last sentence ending on an option name ("……所以是C选项。", "正确的是A和C选项").
@@ -67,6 +69,10 @@ _NEGATED_LETTER = re.compile(
     r"|(?:选项|option)?\s*(?<![A-Za-z])(?P<b>(?-i:[A-Z]))\s*(?:项)?\s*(?:不正确|错误|是错误的|不对|is\s+(?:wrong|incorrect))",
     re.IGNORECASE,
 )
+_ANSWER_MARK = re.compile(
+    r"(?P<neg>" + _NEGATION + r"\s*)?(?:正确答案|最佳答案|参考答案|答案|正确选项)\s*(?:应该是|应是|应为|是|为|:|：|\s)*"
+    r"(?P<rest>[^。.!！?？;；\n]+)"
+)
 _BARE = re.compile(r"^[\s\(\[（【]*(?P<letters>[A-Z](?:" + _TIGHT_SEPARATORS + r"[A-Z])*)[\s\)\]）】。.!！]*$")
 
 
@@ -108,6 +114,9 @@ def extract_choice(answer: str, options: dict[str, str], multi_answer: bool = Fa
         letters = _letters(last.group("letters"), valid) - negated
         if letters:
             return Extraction(_sorted(letters), "stated answer")
+    named = _stated_option_texts(text, options)
+    if named and not set(named) & negated:
+        return Extraction(named, "stated option text")
     verdicts = _option_verdicts(text, valid)
     if verdicts:
         return Extraction(verdicts, "option verdicts")
@@ -126,6 +135,20 @@ def extract_choice(answer: str, options: dict[str, str], multi_answer: bool = Fa
     if quoted:
         return Extraction(quoted, "quoted option text")
     return Extraction(None, "unextracted")
+
+
+def _stated_option_texts(text: str, options: dict[str, str]) -> str | None:
+    """ "答案：阿莫西林", "正确答案是发热和咳嗽": the last answer statement names whole option texts (and nothing else)
+    up to the end of its sentence; options are matched longest first, so an option holding 和 stays whole."""
+    texts = {normalize(option).strip(): letter for letter, option in options.items() if option.strip()}
+    statements = [m for m in _ANSWER_MARK.finditer(text) if not m.group("neg")]
+    if not texts or not statements:
+        return None
+    named = statements[-1].group("rest").strip().strip("“”\"'「」《》 ")
+    option = "|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True))
+    if not re.fullmatch(rf"(?:{option})(?:{_LIST_SEPARATOR}(?:{option}))*", named):
+        return None
+    return _sorted({texts[found] for found in re.findall(option, named)})
 
 
 def _option_verdicts(text: str, valid: str) -> str | None:
