@@ -121,6 +121,10 @@ EXTRACTION_CASES = {
         ("答案：AC", "AC"),
         ("答案为A、C、E", "ACE"),
         ("答案是 A 和 C，不选B", "AC"),
+        ("出血部位（B错）、原发病（A错）次要，出血量（C对，为本题正确答案）", "C"),
+        ("血液在胃内停留时间（D错，为本题正确答案）决定颜色", "D"),
+        ("综上，C为正确答案。", "C"),
+        ("A、C是本题的答案", "AC"),
     ],
     "stated option text": [
         ("答案：出血量", "C"),
@@ -207,6 +211,7 @@ def test_near_misses_of_those_classes_are_not_guessed(answer, multi):
         "出血部位和出血量都有关系",
         "答案是出血量较多的那个，还是出血部位？",  # more than option texts after the statement
         "答案不是出血量，也不是出血部位",  # negated statement
+        "B不是正确答案",  # a letter said not to be the answer names none
     ],
 )
 def test_unextractable_answers_are_reported_not_guessed(answer):
@@ -235,6 +240,19 @@ def test_gold_answers_of_cmexam_are_extracted_from_every_phrasing():
             answer = phrasing.format(a="、".join(exam.answer)).replace("X", wrong)
             extraction = extract_choice(answer, dict(exam.options))
             assert extraction.letters == exam.answer, (answer, extraction)
+
+
+@needs_realdata
+def test_cmexam_explanations_are_extracted_to_their_gold_answer_or_left_unextracted():
+    """CMExam's explanations are how a model fine-tuned on CMExam (SF-Med's SFT mix) answers: options judged one by
+    one, and for "which is NOT" items "（B错，为本题正确答案）". Measured: 197 of 200 extracted right, none wrong
+    (the 3 left: no letter, "请等待更新", an option judged both right and wrong); before the letters-then-statement
+    rule 181 right and 15 wrong."""
+    items = convert("cmexam", REALDATA / "cmexam_val_mirror.jsonl", "CMExam")
+    extracted = [(extract_choice(i.exam.explanation, dict(i.exam.options), i.exam.multi_answer), i) for i in items]
+    wrong = [(e, i.exam.answer) for e, i in extracted if e.letters is not None and e.letters != i.exam.answer]
+    right = sum(e.letters == i.exam.answer for e, i in extracted)
+    assert not wrong and right >= 0.97 * len(items), (right, wrong[:3])
 
 
 JUDGMENTS = [

@@ -9,6 +9,7 @@ Extraction rules, tried in this order; the first that yields letters decides, an
    "answer:", "correct option is", "I choose", and plural statements ("the correct options are A, B and C",
    "the answers are A and C"). A statement preceded by a negation (不选, 不是, 并非, 排除, not) does not count,
    and letters explicitly negated anywhere (不选A, 排除B, A不正确, "not C") are removed from the result.
+   The answer may also follow its letters: "（B错，为本题正确答案）", "C为正确答案" (CMExam's explanations).
    **Stated option text**: when the last answer statement names no letter, it may name options by their whole
    texts ("答案：阿莫西林", "正确答案是发热和咳嗽": only option texts and separators up to the sentence's end).
 3. **Option verdicts**: options judged one by one ("A项错误，C项正确", "B是正确的", "A、C均正确",
@@ -60,13 +61,19 @@ _VERDICT = re.compile(
     r"(?P<verdict>" + _NEGATIVE + "|" + _POSITIVE + r")的?(?=[\s，,。.;；、!！)）:：]|$)",
     re.IGNORECASE,
 )
+# the answer named after its letters: "（B错，为本题正确答案）" (CMExam's explanations of "which is NOT" items),
+# "C为正确答案", "A、C是本题的答案"
+_LETTERS_THEN_STATEMENT = re.compile(
+    r"(?<![A-Za-z])(?P<letters>(?-i:[A-Z])(?:" + _TIGHT_SEPARATORS + r"(?-i:[A-Z]))*)(?![A-Za-z])\s*(?:项|选项)?\s*"
+    r"(?:" + _NEGATIVE + "|" + _POSITIVE + r")?\s*[，,、]?\s*(?:即为|即是|为|是)\s*(?:本题|此题)?的?(?:正确|最佳)?答案"
+)
 _CONCLUSION = re.compile(
     r"(?P<neg>" + _NEGATION + r"\s*)?(?P<letters>" + _LETTERS + r")\s*(?:两个|三个|几个)?\s*选项\s*(?=[。.!！]|$)",
     re.IGNORECASE,
 )
 _NEGATED_LETTER = re.compile(
     r"(?:不选|不是|并非|排除|not)\s*(?:选项|option)?\s*(?P<a>(?-i:[A-Z]))(?![A-Za-z])"
-    r"|(?:选项|option)?\s*(?<![A-Za-z])(?P<b>(?-i:[A-Z]))\s*(?:项)?\s*(?:不正确|错误|是错误的|不对|is\s+(?:wrong|incorrect))",
+    r"|(?:选项|option)?\s*(?<![A-Za-z])(?P<b>(?-i:[A-Z]))\s*(?:项)?\s*(?:不正确|是错误的|错误|错|不对|is\s+(?:wrong|incorrect))",
     re.IGNORECASE,
 )
 _ANSWER_MARK = re.compile(
@@ -109,9 +116,12 @@ def extract_choice(answer: str, options: dict[str, str], multi_answer: bool = Fa
 
     statements = [m for m in _STATEMENT.finditer(text) if not m.group("neg")]
     statements += [m for m in _PLURAL_STATEMENT.finditer(text) if not m.group("neg")]
+    statements += list(_LETTERS_THEN_STATEMENT.finditer(text))
     if statements:
         last = max(statements, key=lambda m: m.start("letters"))
-        letters = _letters(last.group("letters"), valid) - negated
+        letters = _letters(last.group("letters"), valid)
+        if last.re is not _LETTERS_THEN_STATEMENT:  # "B错，为本题正确答案": the wrong statement is the answer
+            letters -= negated
         if letters:
             return Extraction(_sorted(letters), "stated answer")
     named = _stated_option_texts(text, options)
