@@ -6,7 +6,7 @@ read what its stages wrote. Every stage is seeded, but diversification samples f
 API, which takes no seed, so everything trained after it varies from run to run: the thresholds sit below what two
 runs measured (given beside each). What the tiny model does not reach is a strict xfail that says what was measured;
 an XPASS fails the suite until the mark is dropped. One effect sits at its threshold, reached in some runs and not in
-others (the reward ensemble's held-out accuracy, 0.74-0.81 against 0.8): a non-strict xfail with its measurements.
+others (the reward ensemble's held-out accuracy, 0.71-0.81 against 0.8): a non-strict xfail with its measurements.
 """
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def test_the_preference_stage_selects_from_the_judged_pairs_what_its_report_says
 @pytest.mark.xfail(
     strict=False,
     reason="not reliably reached (issue 13): the ensemble of three tiny reward models scores the held-out pairs at "
-    "0.761 (four runs), 0.769, 0.806, 0.754, 0.791, 0.739 and 0.709 in ten runs (134 pairs, +-0.035 from run to "
-    "run), at the 0.8 the issue asks. By error kind (score_report.json, run of 2026-12-07 14:35): follow-up in "
+    "0.761 (four runs), 0.769, 0.806, 0.754, 0.791, 0.739, 0.709 and 0.813 in eleven runs (134 pairs, +-0.035 from "
+    "run to run), at the 0.8 the issue asks. By error kind (score_report.json, run of 2026-12-07 14:35): follow-up in "
     "single-turn mode 1.00, missed contraindication 1.00, wrong drug 0.49, repeated follow-up question 0.64. One model "
     "retrained on that run's 466 pairs: 0.769 as configured, 0.746 at lr 1e-4, 0.724 at 5e-5, 0.746 with 4 epochs, "
     "0.724 / 0.709 training the last layer only, 0.739 with LoRA; with more pairs of the world's four kinds on the "
@@ -188,7 +188,7 @@ def test_reward_models_rank_held_out_pairs_with_fluent_wrong_answers(tiny_recipe
 
 def test_reward_models_rank_held_out_pairs_above_chance_and_catch_the_kinds_of_error_they_can_see(tiny_recipe):
     heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
-    assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.709-0.806 of 134
+    assert heldout["pairs"] >= 100 and heldout["ensemble_accuracy"] >= 0.65, heldout  # measured 0.709-0.813 of 134
     kinds = {kind: group["ensemble_accuracy"] for kind, group in heldout["by_error_kind"].items()}
     assert kinds.keys() == {"wrong_drug", "missed_contraindication", "repeated_follow_up", "follow_up_in_single_turn"}
     # errors visible in the answer's form, not its facts: 1.00 and 1.00 (two runs' ensembles), 0.97-1.00 for every
