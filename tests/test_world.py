@@ -24,7 +24,7 @@ from sfmed_lf.world import phrasing
 from sfmed_lf.world.generate import WorldConfig, generate_world
 from sfmed_lf.world.judge import JUDGE_MODELS, KnowledgeJudge, world_judge_server
 from sfmed_lf.world.knowledge import load_conditions, parse_conditions
-from tests.helpers import lf_load_dataset, read_json
+from tests.helpers import REPO_ROOT, lf_load_dataset, read_json
 from tests.servers import ScriptedChatServer
 
 
@@ -258,6 +258,32 @@ def test_char_and_random_init_tokenizers(tmp_path):
         TinyModelSpec(tokenizer="wordpiece")
     with pytest.raises(DataError, match="no such file"):
         build_tiny_model(tmp_path / "m", TinyModelSpec(corpus=(str(tmp_path / "missing"),)))
+
+
+def test_exam_diagnosis_counts_where_a_generative_answer_goes_wrong(world):
+    """scripts/exam_diagnosis.py on three answers to held-out items: the reference (right in every way), the reference
+    with another letter (names the condition and states the fact, letter disagrees), and another option stated with
+    its own letter for another condition (wrong, but its letter agrees with what it states)."""
+    import runpy
+
+    from sfmed_lf.world.phrasing import EXAM_ANSWER_MARK
+
+    diagnose = runpy.run_path(str(REPO_ROOT / "scripts" / "exam_diagnosis.py"))["diagnose"]
+    items = [
+        item
+        for item in rows(world / "eval_mcq.jsonl")
+        if not item["multi_answer"] and item["metadata"]["kind"] in ("exam:drug", "exam:department")
+    ][:3]
+    assert len(items) == 3
+    reference, other_letter, other_condition = (item["explanation"] for item in items)
+    wrong = next(letter for letter in items[1]["options"] if letter != items[1]["answer"])
+    other_letter = other_letter.split(EXAM_ANSWER_MARK)[0] + EXAM_ANSWER_MARK + wrong
+    decoy = next(letter for letter in items[2]["options"] if letter != items[2]["answer"])
+    other_condition = f"某病的首选是{items[2]['options'][decoy]}。{EXAM_ANSWER_MARK}{decoy}"
+    answers = dict(zip((item["id"] for item in items), (reference, other_letter, other_condition), strict=True))
+    counts = [diagnose([item], answers) for item in items]
+    values = [next(iter(count.values())) for count in counts]
+    assert [list(v.values()) for v in values] == [[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 0, 0, 0, 1]], values
 
 
 def test_ask_records_counts_any_patients_identifier_in_both_ways_of_asking(world, tmp_path):
