@@ -39,9 +39,10 @@ _LIST_SEPARATOR = r"(?:[ \t]*(?:[、,，/&+]|和|与|及|以及|或|\band\b|\bor
 _LETTERS = _LETTER + r"(?:" + _LIST_SEPARATOR + _LETTER + r")*"
 _TIGHT_SEPARATORS = r"[ \t、,，和与及/&+或]*"  # inside a stated answer ("AC", "A、C")
 _NEGATION = r"(?:不|不是|并非|非|排除|别|勿|not|n't|isn't)"
+_ANSWER_WORDS = r"正确答案|最佳答案|参考答案|答案|正确选项"  # what states an answer, before its letters or texts
 _STATEMENT = re.compile(
     r"(?P<neg>" + _NEGATION + r"\s*)?"
-    r"(?:正确答案|最佳答案|参考答案|答案|正确选项|最佳选项|故选|所以选|因此选|因而选|应选|应该选|我选|选择|选|"
+    r"(?:" + _ANSWER_WORDS + r"|最佳选项|故选|所以选|因此选|因而选|应选|应该选|我选|选择|选|"
     r"the\s+(?:correct\s+|best\s+|final\s+|right\s+)?answer\s+(?:is|should\s+be|would\s+be)|answer\s*(?:is)?\s*:|"
     r"correct\s+(?:option|choice)\s+is|i\s+(?:would\s+)?(?:choose|pick|select))"
     r"\s*(?:应该|应|是|为|选|:|：|\s)*\s*[\(\[（【]?\s*"
@@ -77,7 +78,7 @@ _NEGATED_LETTER = re.compile(
     re.IGNORECASE,
 )
 _ANSWER_MARK = re.compile(
-    r"(?P<neg>" + _NEGATION + r"\s*)?(?:正确答案|最佳答案|参考答案|答案|正确选项)\s*(?:应该是|应是|应为|是|为|:|：|\s)*"
+    r"(?P<neg>" + _NEGATION + r"\s*)?(?:" + _ANSWER_WORDS + r")\s*(?:应该是|应是|应为|是|为|:|：|\s)*"
     r"(?P<rest>[^。.!！?？;；\n]+)"
 )
 _BARE = re.compile(r"^[\s\(\[（【]*(?P<letters>[A-Z](?:" + _TIGHT_SEPARATORS + r"[A-Z])*)[\s\)\]）】。.!！]*$")
@@ -147,10 +148,14 @@ def extract_choice(answer: str, options: dict[str, str], multi_answer: bool = Fa
     return Extraction(None, "unextracted")
 
 
+def _option_texts(options: dict[str, str]) -> dict[str, str]:
+    return {letter: normalize(option).strip() for letter, option in options.items() if option.strip()}
+
+
 def _stated_option_texts(text: str, options: dict[str, str]) -> str | None:
     """ "答案：阿莫西林", "正确答案是发热和咳嗽": the last answer statement names whole option texts (and nothing else)
     up to the end of its sentence; options are matched longest first, so an option holding 和 stays whole."""
-    texts = {normalize(option).strip(): letter for letter, option in options.items() if option.strip()}
+    texts = {option: letter for letter, option in _option_texts(options).items()}
     statements = [m for m in _ANSWER_MARK.finditer(text) if not m.group("neg")]
     if not texts or not statements:
         return None
@@ -193,7 +198,7 @@ def _leading_letters(text: str, options: dict[str, str], multi_answer: bool) -> 
 
 
 def _quoted_option(text: str, options: dict[str, str]) -> str | None:
-    texts = {letter: normalize(option).strip() for letter, option in options.items() if option.strip()}
+    texts = _option_texts(options)
     distinct = {
         letter: option
         for letter, option in texts.items()
