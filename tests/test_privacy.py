@@ -752,6 +752,7 @@ def test_a_database_row_without_what_a_refusal_names_or_serves_is_refused_at_loa
         ("entries.jsonl", first_entry(lambda row: {**row, "secure_response": " "}), "secure_response", "is empty"),
         ("entries.jsonl", first_entry(lambda row: {k: v for k, v in row.items() if k != "query"}), "query", "missing"),
         ("entries.jsonl", first_entry(lambda row: {**row, "identifiers": "13712345678"}), "identifiers", "list"),
+        ("entries.jsonl", first_entry(lambda row: {**row, "identifiers": ["13712345678", ""]}), "identifiers", "empty"),
     ]
     for number, (name, rewrite, field, problem) in enumerate(cases):
         db = tmp_path / f"db{number}"

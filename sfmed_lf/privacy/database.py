@@ -65,6 +65,8 @@ def _database_rows(path: Path, fields: dict[str, Any]) -> list[dict[str, Any]]:
         for name in ("id", "secure_response"):
             if not row[name].strip():
                 raise location.error("is empty; rebuild the database with `sfmed privacy build-db`.", name)
+        if not all(value.strip() for value in row.get("identifiers", [])):  # "" would be in every answer
+            raise location.error("holds an empty identifier; rebuild the database.", "identifiers")
         rows.append(row)
     return rows
 
