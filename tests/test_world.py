@@ -330,7 +330,7 @@ def test_every_single_answer_exam_item_has_one_candidate_statement_per_option(wo
     reference: the gold one is the reference's statement of the fact, the others differ in the option text only."""
     from sfmed_lf.formats.items import load_items
     from sfmed_lf.world.generate import HELD_OUT_EXAM
-    from sfmed_lf.world.measure import exam_candidates
+    from sfmed_lf.world.measure import exam_candidates, letter_candidates
 
     items = load_items(world / "eval_mcq.jsonl")
     single = [item for item in items if not item.exam.multi_answer]
@@ -343,4 +343,9 @@ def test_every_single_answer_exam_item_has_one_candidate_statement_per_option(wo
         assert item.exam.explanation == f"{candidates[letters.index(item.exam.answer)]}答案：{item.exam.answer}"
         for letter, candidate in zip(letters, candidates, strict=True):
             assert item.exam.options[letter] in candidate and "答案" not in candidate
+        # the answer-letter measure: the right statement, then each letter; the gold one is the reference itself
+        answers = letter_candidates(item)
+        assert answers == [f"{candidates[letters.index(item.exam.answer)]}答案：{letter}" for letter in letters]
+        assert answers[letters.index(item.exam.answer)] == item.exam.explanation
     assert all(exam_candidates(item) is None for item in items if item.exam.multi_answer)
+    assert all(letter_candidates(item) is None for item in items if item.exam.multi_answer)

@@ -16,6 +16,11 @@
   measures the CPT model.
   Per dataset of the items, against chance (1 / number of options); items whose reference does not state the gold
   option's text once are counted as skipped.
+* **Answer letter by likelihood** (the same items): after the item's reference statement of the gold fact, the
+  letter the model finds most likely in "答案：<letter>". It measures multiple-choice symbol binding — giving the
+  letter of the option one has just stated — apart from knowing the fact (Robinson et al. 2023, "Leveraging Large
+  Language Models for Multiple Choice Question Answering": a skill small models lack). A generative exam answer is
+  right only when both hold.
 
 Output: ``measure.json`` in ``output_dir`` (one entry per model, written atomically once all are measured).
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,14 +144,26 @@ def exam_candidates(item: EvalItem) -> list[str] | None:
     return [stated.replace(gold_text, text) for text in exam.options.values()]
 
 
-def exam_accuracy(model: LikelihoodModel, items: list[EvalItem]) -> dict[str, dict[str, float]]:
-    """Per dataset of the items: n, accuracy of the most likely candidate (summed log-likelihood), chance, skipped
-    items."""
+def letter_candidates(item: EvalItem) -> list[str] | None:
+    """One answer per option (in option order) for a single-answer item: the reference's statement of the gold fact,
+    then "答案：" and that option's letter; None where ``exam_candidates`` gives none."""
+    candidates = exam_candidates(item)
+    if candidates is None or item.exam is None:
+        return None
+    stated = candidates[list(item.exam.options).index(item.exam.answer)]
+    return [f"{stated}{EXAM_ANSWER_MARK}{letter}" for letter in item.exam.options]
+
+
+def exam_accuracy(
+    model: LikelihoodModel, items: list[EvalItem], candidates_of: Callable[[EvalItem], list[str] | None]
+) -> dict[str, dict[str, float]]:
+    """Per dataset of the items: n, accuracy of the most likely of the item's candidate answers (one per option, in
+    option order; summed log-likelihood), chance, skipped items."""
     scored: list[tuple[str, ExamQuestion, int, int]] = []  # dataset, question, first candidate, candidates
     sequences: list[tuple[list[int], int]] = []
     skipped: dict[str, int] = defaultdict(int)
     for item in items:
-        candidates = exam_candidates(item)
+        candidates = candidates_of(item)
         if candidates is None or item.exam is None:
             skipped[item.dataset] += 1
             continue
@@ -200,7 +218,8 @@ def run_measure(config: MeasureConfig) -> list[Path]:
         if texts is not None:
             results[name]["general_loss"] = model.text_loss(texts)
         if exam is not None:
-            results[name]["exam_accuracy_by_likelihood"] = exam_accuracy(model, exam)
+            results[name]["exam_accuracy_by_likelihood"] = exam_accuracy(model, exam, exam_candidates)
+            results[name]["answer_letter_by_likelihood"] = exam_accuracy(model, exam, letter_candidates)
     if pairs is not None and config.reference:
         reference = answer_scores[config.reference]
         for name, scores in answer_scores.items():

@@ -18,6 +18,12 @@ from sfmed_lf.utils.io import atomic_write_bytes, atomic_write_text, read_json
 from sfmed_lf.utils.plotting import png_bytes, pyplot
 from sfmed_lf.world.generate import HELD_OUT_EXAM
 
+# measure.json's exam entries, as the report names them
+EXAM_MEASURES = {
+    "exam_accuracy_by_likelihood": "exam by likelihood",
+    "answer_letter_by_likelihood": "answer letter after the right statement",
+}
+
 
 @dataclass
 class ReportConfig(StepConfig):
@@ -246,43 +252,52 @@ class Report:
         report = _read(Path(self.config.measure) / "measure.json")
         if not self.section("Likelihood measures (sfmed world measure)", None if report else "measure.json"):
             return
-        rates, losses, exam, exam_chance = {}, {}, {}, 0.0
+        rates, losses = {}, {}
+        exams: dict[str, tuple[dict[str, float], float]] = {}  # measure key -> (accuracy per model, chance)
         self.lines += [
             "| model | preferred-answer rate (held-out pairs) | by error | general-domain loss "
-            f"| exam by likelihood ({HELD_OUT_EXAM}) |"
+            f"| exam by likelihood ({HELD_OUT_EXAM}) | answer letter after the right statement |"
         ]
-        self.lines.append("|---|---:|---|---:|---:|")
+        self.lines.append("|---|---:|---|---:|---:|---:|")
         for name, result in report["models"].items():
             rate = result.get("preferred_answer_rate", {})
             loss = result.get("general_loss", {}).get("loss")
-            held_out = result.get("exam_accuracy_by_likelihood", {}).get(HELD_OUT_EXAM)
             kinds = "; ".join(f"{k} {_percent(v['rate'])}" for k, v in rate.items() if k != "All")
             every = rate.get("All", {}).get("rate")
-            if held_out is not None and not held_out["n"]:
-                held_out = None
-            exam_cell = (
-                "–"
-                if held_out is None
-                else f"{_percent(held_out['accuracy'])} of {held_out['n']} (chance {_percent(held_out['chance'])})"
-            )
+            cells = []
+            for key in EXAM_MEASURES:
+                held_out = result.get(key, {}).get(HELD_OUT_EXAM)
+                if held_out is None or not held_out["n"]:
+                    cells.append("–")
+                    continue
+                cells.append(
+                    f"{_percent(held_out['accuracy'])} of {held_out['n']} (chance {_percent(held_out['chance'])})"
+                )
+                accuracy, _ = exams.setdefault(key, ({}, held_out["chance"]))
+                accuracy[name] = held_out["accuracy"]
             self.lines.append(
-                f"| {name} | {_percent(every)} | {kinds} | {'–' if loss is None else f'{loss:.3f}'} | {exam_cell} |"
+                f"| {name} | {_percent(every)} | {kinds} | {'–' if loss is None else f'{loss:.3f}'} "
+                f"| {' | '.join(cells)} |"
             )
             if every is not None:
                 rates[name] = every
             if loss is not None:
                 losses[name] = loss
-            if held_out is not None:
-                exam[name], exam_chance = held_out["accuracy"], held_out["chance"]
-        if exam:
+        for key, (accuracy, chance) in exams.items():
             self.panels.append(
                 {
-                    "title": f"exam by likelihood: {HELD_OUT_EXAM}",
-                    "labels": list(exam),
-                    "values": list(exam.values()),
+                    "title": f"{EXAM_MEASURES[key]}: {HELD_OUT_EXAM}",
+                    "labels": list(accuracy),
+                    "values": list(accuracy.values()),
                     "kind": "rate",
-                    "reference": (exam_chance, "chance"),
+                    "reference": (chance, "chance"),
                 }
+            )
+        if "answer_letter_by_likelihood" in exams:
+            self.lines.append(
+                "\nExam by likelihood: the most likely of one statement of the fact per option — does the model hold "
+                "the fact. Answer letter: after the right statement, the most likely letter — does it bind the option "
+                "it states to its letter (multiple-choice symbol binding). A generative answer needs both."
             )
         if rates:
             self.panels.append(
