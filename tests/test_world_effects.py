@@ -189,7 +189,11 @@ def test_the_preference_stage_selects_from_the_judged_pairs_what_its_report_says
     "0.724 / 0.709 training the last layer only, 0.739 with LoRA; with more pairs of the world's four kinds on the "
     "trained conditions: +1248 pairs 0.851 (repeated follow-up 0.88) at 3.5x the training time, one epoch of them "
     "0.799 / 0.761. Wrong drug stays at 0.36-0.64 in every variant: the reward model does not carry what CPT stored "
-    "about the held-out conditions into its score (the SFT model's own likelihood prefers the right drug 1.00).",
+    "about the held-out conditions into its score (the SFT model's own likelihood prefers the right drug 1.00). "
+    "Three models on the 463 pairs of 80ac5dc's rehearsal (2026-12-07): 0.806 as configured (wrong drug 0.513), "
+    "0.761 at lr 2e-4, 0.746 at 1e-3, 0.799 with 4 epochs (wrong drug 0.615, repeated follow-up 0.636); with 237 "
+    "more wrong-drug pairs (each preference prompt's right answer with another condition's drug) 0.784, wrong drug "
+    "0.538: more examples of the error do not teach the reward model to check the drug.",
 )
 def test_reward_models_rank_held_out_pairs_with_fluent_wrong_answers(tiny_recipe):
     heldout = read_json(saves(tiny_recipe) / "pref" / "score_report.json")["heldout"]
