@@ -12,33 +12,35 @@ It reads what ``sfmed eval`` wrote; it generates nothing.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
 from sfmed_lf.eval.mcq import extract_choice, is_correct
+from sfmed_lf.formats.items import EvalItem, load_items
+from sfmed_lf.formats.reading import read_rows
 from sfmed_lf.world.phrasing import EXAM_ANSWER_MARK
 
 COUNTS = ("n", "right", "names_condition", "states_gold_options", "letters_agree_with_statement")
 
 
-def diagnose(items: list[dict], answers: dict[str, str]) -> dict[str, dict[str, int]]:
-    """Per dataset, the counts of :data:`COUNTS` over the items that have an answer."""
+def diagnose(items: list[EvalItem], answers: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Per dataset, the counts of :data:`COUNTS` over the exam items that have an answer."""
     counts: dict[str, Counter[str]] = {}
     for item in items:
-        if item["id"] not in answers:
+        exam = item.exam
+        if exam is None or item.id not in answers:
             continue
-        answer = answers[item["id"]]
+        answer = answers[item.id]
         statement, _, letters = answer.partition(EXAM_ANSWER_MARK)
-        stated = {letter for letter, text in item["options"].items() if text in statement}
-        count = counts.setdefault(item["dataset"], Counter())
+        stated = {letter for letter, text in exam.options.items() if text in statement}
+        count = counts.setdefault(item.dataset, Counter())
         count["n"] += 1
         count["right"] += is_correct(
-            extract_choice(answer, item["options"], item["multi_answer"]), item["answer"], item["multi_answer"]
+            extract_choice(answer, dict(exam.options), exam.multi_answer), exam.answer, exam.multi_answer
         )
-        if item["metadata"]["kind"] != "exam:diagnosis":
-            count["names_condition"] += item["metadata"]["condition"] in statement
-        count["states_gold_options"] += stated == set(item["answer"])
+        if item.metadata["kind"] != "exam:diagnosis":
+            count["names_condition"] += item.metadata["condition"] in statement
+        count["states_gold_options"] += stated == set(exam.answer)
         count["letters_agree_with_statement"] += bool(stated) and set(letters.strip().rstrip("。")) == stated
     return {dataset: {name: count[name] for name in COUNTS} for dataset, count in counts.items()}
 
@@ -48,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("saves", type=Path, help="the demo's saves/tiny")
     parser.add_argument("--answers", default="eval/sft_vs_pt/answers/a.jsonl", help="answers, relative to saves")
     args = parser.parse_args(argv)
-    lines = (args.saves / "world" / "eval_mcq.jsonl").read_text(encoding="utf-8").splitlines()
-    items = [json.loads(line) for line in lines if line.strip()]
-    rows = [json.loads(line) for line in (args.saves / args.answers).read_text(encoding="utf-8").splitlines() if line]
-    for dataset, counts in diagnose(items, {row["id"]: row["response"] for row in rows}).items():
+    items = load_items(args.saves / "world" / "eval_mcq.jsonl")
+    answers = {row["id"]: row["response"] for _, row in read_rows(args.saves / args.answers)}
+    for dataset, counts in diagnose(items, answers).items():
         print(dataset, " ".join(f"{name}={value}" for name, value in counts.items()))
     return 0
 

@@ -266,21 +266,22 @@ def test_exam_diagnosis_counts_where_a_generative_answer_goes_wrong(world):
     its own letter for another condition (wrong, but its letter agrees with what it states)."""
     import runpy
 
+    from sfmed_lf.formats.items import load_items
     from sfmed_lf.world.phrasing import EXAM_ANSWER_MARK
 
     diagnose = runpy.run_path(str(REPO_ROOT / "scripts" / "exam_diagnosis.py"))["diagnose"]
     items = [
         item
-        for item in rows(world / "eval_mcq.jsonl")
-        if not item["multi_answer"] and item["metadata"]["kind"] in ("exam:drug", "exam:department")
+        for item in load_items(world / "eval_mcq.jsonl")
+        if not item.exam.multi_answer and item.metadata["kind"] in ("exam:drug", "exam:department")
     ][:3]
     assert len(items) == 3
-    reference, other_letter, other_condition = (item["explanation"] for item in items)
-    wrong = next(letter for letter in items[1]["options"] if letter != items[1]["answer"])
+    reference, other_letter, other_condition = (item.exam.explanation for item in items)
+    wrong = next(letter for letter in items[1].exam.options if letter != items[1].exam.answer)
     other_letter = other_letter.split(EXAM_ANSWER_MARK)[0] + EXAM_ANSWER_MARK + wrong
-    decoy = next(letter for letter in items[2]["options"] if letter != items[2]["answer"])
-    other_condition = f"某病的首选是{items[2]['options'][decoy]}。{EXAM_ANSWER_MARK}{decoy}"
-    answers = dict(zip((item["id"] for item in items), (reference, other_letter, other_condition), strict=True))
+    decoy = next(letter for letter in items[2].exam.options if letter != items[2].exam.answer)
+    other_condition = f"某病的首选是{items[2].exam.options[decoy]}。{EXAM_ANSWER_MARK}{decoy}"
+    answers = dict(zip((item.id for item in items), (reference, other_letter, other_condition), strict=True))
     counts = [diagnose([item], answers) for item in items]
     values = [next(iter(count.values())) for count in counts]
     assert [list(v.values()) for v in values] == [[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 0, 0, 0, 1]], values

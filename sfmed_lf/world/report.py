@@ -255,10 +255,11 @@ class Report:
         rates, losses = {}, {}
         exams: dict[str, tuple[dict[str, float], float]] = {}  # measure key -> (accuracy per model, chance)
         self.lines += [
-            "| model | preferred-answer rate (held-out pairs) | by error | general-domain loss "
-            f"| exam by likelihood ({HELD_OUT_EXAM}) | answer letter after the right statement |"
+            "| model | preferred-answer rate (held-out pairs) | by error | general-domain loss | "
+            + " | ".join(f"{title} ({HELD_OUT_EXAM})" for title in EXAM_MEASURES.values())
+            + " |"
         ]
-        self.lines.append("|---|---:|---|---:|---:|---:|")
+        self.lines.append("|---|---:|---|---:|" + "---:|" * len(EXAM_MEASURES))
         for name, result in report["models"].items():
             rate = result.get("preferred_answer_rate", {})
             loss = result.get("general_loss", {}).get("loss")
