@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from sfmed_lf.data_prep.config import ADDRESS_MARKERS
 from sfmed_lf.data_prep.diversify import Banks, InstructionCheck, Lexicon, split_candidates
 from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
 from tests.helpers import REPO_ROOT, lf_load_dataset, read_json, run
@@ -79,9 +80,29 @@ def test_split_and_checks():
     assert check.rejection("你是一名儿科医生，请直接回答家长关于发热（体温的问题。") == "incomplete"
     assert check.rejection("你是一名儿科医生，请直接回答家长关于发热的问题，并且") == "incomplete"
     assert check.rejection("你是一位诗人，请写一首关于春天的诗。") == "too_few_medical_terms"
+    markers = check_with_markers()
+    # what is not an instruction to the model: a fact statement, a small model's word salad
+    for statement in (
+        "肺脓肿的一线治疗药物是克林霉素，需要做胸部CT和痰培养。",
+        "太原时和咳嗽胸痛是北京市，治疗药物是药物禁用于发热腹泻。",
+    ):
+        assert markers.rejection(statement) == "not_addressed_to_the_model", statement
+    for addressed in (
+        "扮演一位资深的心内科医生，直接解答患者关于高血压用药的疑问。",
+        "身为儿科主治医师，面对家长关于孩子发热咳嗽的咨询，给出检查和用药建议。",
+        "在回答患者关于糖尿病的问题时，请说明需要做的检查和首选药物。",
+        "您现在是一名呼吸内科医生，负责解答患者关于哮喘的问题并给出用药建议。",
+    ):
+        assert markers.rejection(addressed) is None, addressed
     assert check.rejection("你是一名心内科医生，请直接解答患者关于高血压的疑问。") == "repeats_known_instruction"
     assert check.rejection("你是一名儿科医生，请直接回答家长关于孩子发热和咳嗽的问题。") is None
     assert Lexicon(None).terms_in("心内科医生") == {"心内科", "医生"}  # longest match, no nested 内科
+
+
+def check_with_markers() -> InstructionCheck:
+    return InstructionCheck(
+        Lexicon(None), min_terms=2, min_chars=10, max_chars=60, max_similarity=0.6, address_markers=ADDRESS_MARKERS
+    )
 
 
 def test_banks_alternate_trim_and_swap():

@@ -155,15 +155,16 @@ def test_sft_holds_the_facts_of_held_out_exam_items_it_met_only_in_pre_training(
 def test_sft_beats_cpt_on_rouge_and_judge(tiny_recipe):
     comparison = saves(tiny_recipe) / "eval" / "sft_vs_pt"
     rouge = read_json(comparison / "rouge.json")["summary"]["All"]
-    # measured: 111 wins, 22 losses of 134; 114 : 19
-    assert rouge["win"] >= 3 * rouge["loss"] and rouge["win_rate"] >= 0.6, rouge
+    # measured (wins : losses of 134): 111 : 22, 114 : 19 (2026-11); 100 : 33 to 114 : 19 in nine runs (2026-12)
+    assert rouge["win"] >= 2 * rouge["loss"] and rouge["win_rate"] >= 0.65, rouge
     judge = read_json(comparison / "judge.json")
     every = judge["summary"]["All"]
     assert not judge["unparseable"], judge["unparseable"][:3]
-    # measured (wins : losses of 134, mean scores): 34 : 1, 1.63 vs 1.02; 29 : 1, 1.53 vs 1.02 (2026-11); 19 : 2,
-    # 1.31 vs 1.08 and 16 : 4, 1.32 vs 1.10 (2026-12-07, since diversification accepts more instructions). The
-    # judge ties most answers (both wrong), so the margins are on the decided ones: 16 : 4 is p = 0.006 (sign test).
-    assert every["win"] >= 2 * max(every["loss"], 1) and every["mean_score_a"] >= every["mean_score_b"] + 0.1, every
+    # measured (wins : losses of 134, mean scores): 34 : 1, 1.63 vs 1.02; 29 : 1, 1.53 vs 1.02 (2026-11); in ten runs
+    # of 2026-12 10 : 1 to 26 : 1, 1.16 to 1.49 vs 1.06, the SFT data varying with the word salad diversification
+    # accepted as system prompts until 2026-12-08. The judge ties most answers (both name a wrong condition), so the
+    # margins are on the decided ones: 10 : 1 is p = 0.006 (sign test).
+    assert every["win"] >= 3 * max(every["loss"], 1) and every["mean_score_a"] >= every["mean_score_b"] + 0.05, every
     report = (comparison / "report.md").read_text(encoding="utf-8")
     assert "Reference-guided judge (kb-facts" in report and "Multiple-choice accuracy" in report
 
@@ -271,8 +272,22 @@ def test_diversification_accounts_for_every_candidate(tiny_recipe):
         assert report["accepted"] + sum(report["rejected_by_reason"].values()) == report["candidates"], (pool, report)
 
 
-def test_diversification_with_the_world_model_as_generator_accepts_instructions(tiny_recipe):
-    """20 rounds a pool, about one candidate a round, about 1 in 4 accepted (12 of 42 candidates over seven runs of
-    3 rounds a pool): none of ~40 accepted would be a ~1e-3 event."""
-    accepted = {pool: report["accepted"] for pool, report in diversify_reports(tiny_recipe).items()}
-    assert sum(accepted.values()) >= 1, accepted
+def test_diversification_keeps_what_the_world_model_writes_out_of_the_sft_system_prompts(tiny_recipe):
+    """The CPT model, standing in for GLM-4-9B-Chat, writes word salad made of the world's terms: complete sentences
+    with medical terms, which the length, completeness and term checks accepted (150 of 320 candidates over eight
+    runs before 2026-12-08, then attached to about 44 % of the SFT rows as system prompts, and the SFT model's
+    judge scores varied with them). None of those 320 addresses the model; the check that asks it
+    (`address_markers`) rejects them, counted by reason, and every system prompt SFT sees addresses the model."""
+    from sfmed_lf.data_prep.config import ADDRESS_MARKERS
+
+    reports = diversify_reports(tiny_recipe)
+    assert sum(report["rejected_by_reason"].get("not_addressed_to_the_model", 0) for report in reports.values()) >= 5
+    diversified = saves(tiny_recipe) / "data" / "diversified"
+    systems = [
+        row["system"]
+        for path in diversified.glob("*.jsonl")
+        for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+    ]
+    assert len(systems) >= 1000 and all(any(m in system for m in ADDRESS_MARKERS) for system in systems), [
+        system for system in systems if not any(m in system for m in ADDRESS_MARKERS)
+    ][:3]

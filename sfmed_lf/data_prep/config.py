@@ -138,6 +138,8 @@ class MixConfig(StepConfig):
 
 
 POOLS = ("single", "multi")
+# how a Chinese system instruction addresses the model: second person, a request, or a role given to it
+ADDRESS_MARKERS = ("你", "您", "请", "作为", "扮演", "身为", "担任")
 
 
 @dataclass
@@ -167,6 +169,11 @@ class DiversifyConfig(EndpointOptions, StepConfig):
     min_chars: int = option(20, help="Shortest accepted instruction (characters).")
     max_chars: int = option(300, help="Longest accepted instruction (characters).")
     max_similarity: float = option(0.6, help="Character-trigram Jaccard at which a candidate repeats a known one.")
+    address_markers: list[str] = option(
+        default_factory=lambda: list(ADDRESS_MARKERS),
+        help="An accepted instruction contains one of these: it addresses the model (a role, a request). "
+        "Rejects fact statements, patient questions and word salad; [] checks nothing.",
+    )
 
     def __post_init__(self) -> None:
         for name in ("rounds", "new_per_round", "history_pairs", "keep_oldest", "keep_newest", "min_chars"):

@@ -5,8 +5,10 @@ The seed instructions are split equally (after a seeded shuffle) into a question
 Each round shows the generator ``history_pairs`` dialogue turns — a Q instruction as the user's message, an A
 instruction as the reply — then one more Q instruction to expand into ``new_per_round`` new ones. The reply is split
 into single instructions, and each is checked (:class:`InstructionCheck`): no undecodable bytes, length,
-completeness (closing punctuation, balanced brackets and quotes), at least ``min_terms`` medical terms from the
-lexicon, and no near-repeat of a known instruction. Accepted instructions go alternately to Q and A; each bank
+completeness (closing punctuation, balanced brackets and quotes), addressed to the model (one of
+``address_markers``: a system instruction gives the model a role or a request, which fact statements, patient
+questions and a small generator's word salad do not), at least ``min_terms`` medical terms from the lexicon, and no
+near-repeat of a known instruction. Accepted instructions go alternately to Q and A; each bank
 keeps its ``keep_oldest`` oldest and ``keep_newest`` newest; every ``swap_every`` rounds Q and A trade places.
 
 Everything random is drawn from ``Random(f"{seed}-{round}")`` over the bank state, so a run is deterministic given
@@ -83,6 +85,7 @@ class InstructionCheck:
     min_chars: int
     max_chars: int
     max_similarity: float
+    address_markers: tuple[str, ...] = ()  # empty: not checked
     known: list[frozenset[str]] = field(default_factory=list)
 
     def remember(self, instruction: str) -> None:
@@ -98,6 +101,8 @@ class InstructionCheck:
             return "too_long"
         if text[-1] not in _CLOSING or any(text.count(a) != text.count(b) for a, b in _PAIRS):
             return "incomplete"
+        if self.address_markers and not any(marker in text for marker in self.address_markers):
+            return "not_addressed_to_the_model"
         if len(self.lexicon.terms_in(text)) < self.min_terms:
             return "too_few_medical_terms"
         shingles = char_ngrams(text, 3)
@@ -196,7 +201,12 @@ class DiversifyStep:
         log = ResumableJsonl(log_path, key="round", fields=ROUND_FIELDS, written_by="sfmed data diversify")
         banks = Banks.from_seeds(self.seeds, config.seed)
         check = InstructionCheck(
-            self.lexicon, config.min_terms, config.min_chars, config.max_chars, config.max_similarity
+            self.lexicon,
+            config.min_terms,
+            config.min_chars,
+            config.max_chars,
+            config.max_similarity,
+            tuple(config.address_markers),
         )
         for seed_instruction in self.seeds:
             check.remember(seed_instruction)
