@@ -172,7 +172,7 @@ class DiversifyConfig(EndpointOptions, StepConfig):
     address_markers: list[str] = option(
         default_factory=lambda: list(ADDRESS_MARKERS),
         help="An accepted instruction contains one of these: it addresses the model (a role, a request). "
-        "Rejects fact statements, patient questions and word salad; [] checks nothing.",
+        "Rejects fact statements and word salad; [] checks nothing.",
     )
 
     def __post_init__(self) -> None:

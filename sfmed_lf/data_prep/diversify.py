@@ -6,8 +6,8 @@ Each round shows the generator ``history_pairs`` dialogue turns — a Q instruct
 instruction as the reply — then one more Q instruction to expand into ``new_per_round`` new ones. The reply is split
 into single instructions, and each is checked (:class:`InstructionCheck`): no undecodable bytes, length,
 completeness (closing punctuation, balanced brackets and quotes), addressed to the model (one of
-``address_markers``: a system instruction gives the model a role or a request, which fact statements, patient
-questions and a small generator's word salad do not), at least ``min_terms`` medical terms from the lexicon, and no
+``address_markers``: a system instruction gives the model a role or a request, which fact statements and a small
+generator's word salad do not), at least ``min_terms`` medical terms from the lexicon, and no
 near-repeat of a known instruction. Accepted instructions go alternately to Q and A; each bank
 keeps its ``keep_oldest`` oldest and ``keep_newest`` newest; every ``swap_every`` rounds Q and A trade places.
 
