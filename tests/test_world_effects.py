@@ -277,7 +277,11 @@ def test_diversification_keeps_what_the_world_model_writes_out_of_the_sft_system
     with medical terms, which the length, completeness and term checks accepted (150 of 320 candidates over eight
     runs before 2026-12-08, then attached to about 44 % of the SFT rows as system prompts, and the SFT model's
     judge scores varied with them). None of those 320 addresses the model; the check that asks it
-    (`address_markers`) rejects them, counted by reason, and every system prompt SFT sees addresses the model."""
+    (`address_markers`) rejects them, counted by reason, and every system prompt SFT sees addresses the model.
+    The issue asks that this generator's instructions be accepted: it writes none (2026-12-08: 0 of 40 in the
+    rehearsal; with instruction documents for every department added to the CPT text, still word salad at
+    temperature 0.9, 0.3 and 0; the one or two candidates a run that held a marker were salad too, and passed:
+    the check is necessary, not sufficient)."""
     from sfmed_lf.data_prep.config import ADDRESS_MARKERS
 
     reports = diversify_reports(tiny_recipe)
