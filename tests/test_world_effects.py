@@ -292,6 +292,5 @@ def test_diversification_keeps_what_the_world_model_writes_out_of_the_sft_system
         for path in diversified.glob("*.jsonl")
         for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
     ]
-    assert len(systems) >= 1000 and all(any(m in system for m in ADDRESS_MARKERS) for system in systems), [
-        system for system in systems if not any(m in system for m in ADDRESS_MARKERS)
-    ][:3]
+    unaddressed = [system for system in systems if not any(marker in system for marker in ADDRESS_MARKERS)]
+    assert len(systems) >= 1000 and not unaddressed, unaddressed[:3]
