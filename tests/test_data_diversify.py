@@ -11,7 +11,6 @@ from pathlib import Path
 
 import yaml
 
-from sfmed_lf.data_prep.config import ADDRESS_MARKERS
 from sfmed_lf.data_prep.diversify import Banks, InstructionCheck, Lexicon, split_candidates
 from sfmed_lf.tiny_model import TinyModelSpec, build_tiny_model
 from tests.helpers import REPO_ROOT, lf_load_dataset, read_json, run
@@ -22,8 +21,9 @@ ALPHABET = "甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉戌亥�
 
 
 def scripted_reply(payload: dict) -> tuple[int, str]:
-    """Six lines per request, a function of its messages: two acceptable instructions, then one each of a
-    near-repeat, an unfinished sentence, a non-medical sentence and a preamble too short to be an instruction."""
+    """Seven lines per request, a function of its messages: two acceptable instructions, then one each of a
+    near-repeat, an unfinished sentence, a non-medical sentence, a preamble too short to be an instruction and a
+    statement of facts that does not address the model."""
     prompt = json.dumps(payload["messages"], ensure_ascii=False)
     rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
     first, second = ("".join(rng.choices(ALPHABET, k=30)) for _ in range(2))
@@ -35,6 +35,7 @@ def scripted_reply(payload: dict) -> tuple[int, str]:
             f"3. 你是心内科医生，{first}！",
             f"（4）你是一名医生，请回答患者关于{second[:5]}的问题，并且",
             f"- 请写一首关于{second[:8]}的诗，要求语言优美动人。",
+            f"肺脓肿的一线治疗药物是克林霉素，需要做胸部CT和痰培养，{second[:6]}。",
         ]
     )
 
@@ -80,29 +81,22 @@ def test_split_and_checks():
     assert check.rejection("你是一名儿科医生，请直接回答家长关于发热（体温的问题。") == "incomplete"
     assert check.rejection("你是一名儿科医生，请直接回答家长关于发热的问题，并且") == "incomplete"
     assert check.rejection("你是一位诗人，请写一首关于春天的诗。") == "too_few_medical_terms"
-    markers = check_with_markers()
     # what is not an instruction to the model: a fact statement, a small model's word salad
     for statement in (
         "肺脓肿的一线治疗药物是克林霉素，需要做胸部CT和痰培养。",
         "太原时和咳嗽胸痛是北京市，治疗药物是药物禁用于发热腹泻。",
     ):
-        assert markers.rejection(statement) == "not_addressed_to_the_model", statement
+        assert check.rejection(statement) == "not_addressed_to_the_model", statement
     for addressed in (
         "扮演一位资深的心内科医生，直接解答患者关于高血压用药的疑问。",
         "身为儿科主治医师，面对家长关于孩子发热咳嗽的咨询，给出检查和用药建议。",
         "在回答患者关于糖尿病的问题时，请说明需要做的检查和首选药物。",
         "您现在是一名呼吸内科医生，负责解答患者关于哮喘的问题并给出用药建议。",
     ):
-        assert markers.rejection(addressed) is None, addressed
+        assert check.rejection(addressed) is None, addressed
     assert check.rejection("你是一名心内科医生，请直接解答患者关于高血压的疑问。") == "repeats_known_instruction"
     assert check.rejection("你是一名儿科医生，请直接回答家长关于孩子发热和咳嗽的问题。") is None
     assert Lexicon(None).terms_in("心内科医生") == {"心内科", "医生"}  # longest match, no nested 内科
-
-
-def check_with_markers() -> InstructionCheck:
-    return InstructionCheck(
-        Lexicon(None), min_terms=2, min_chars=10, max_chars=60, max_similarity=0.6, address_markers=ADDRESS_MARKERS
-    )
 
 
 def test_banks_alternate_trim_and_swap():
@@ -121,12 +115,13 @@ def test_diversify_with_scripted_generator_counts_rotates_and_resumes(tmp_path):
         run(["sfmed", "data", "diversify", str(diversify_config(tmp_path, server.base_url, "whole"))])
         requests = list(server.requests)
     report = read_json(tmp_path / "whole" / "diversify_report.json")
-    assert report["candidates"] == 6 * 6 and report["accepted"] == 6 * 2
+    assert report["candidates"] == 6 * 7 and report["accepted"] == 6 * 2
     assert report["rejected_by_reason"] == {
         "too_short": 6,
         "repeats_known_instruction": 6,
         "incomplete": 6,
         "too_few_medical_terms": 6,
+        "not_addressed_to_the_model": 6,
     }
     seeds = [row["instruction"] for row in lines(SEEDS)]
     pool = lines(tmp_path / "whole" / "instructions.jsonl")
@@ -173,6 +168,20 @@ def test_diversify_with_scripted_generator_counts_rotates_and_resumes(tmp_path):
         check=False,
     )
     assert changed.returncode == 2 and "changed: seed" in changed.stderr
+    markers = diversify_config(tmp_path, server.base_url, "resumed", address_markers=["你", "请"])
+    changed = run(["sfmed", "data", "diversify", str(markers)], check=False)
+    assert changed.returncode == 2 and "changed: address_markers" in changed.stderr
+
+    # without the check the statement of facts is accepted, once (the later ones repeat it)
+    with ScriptedChatServer(scripted_reply) as server:
+        run(["sfmed", "data", "diversify", str(diversify_config(tmp_path, server.base_url, "off", address_markers=[]))])
+    unchecked = read_json(tmp_path / "off" / "diversify_report.json")
+    assert unchecked["accepted"] == 6 * 2 + 1 and "not_addressed_to_the_model" not in unchecked["rejected_by_reason"]
+    empty = run(
+        ["sfmed", "data", "diversify", str(diversify_config(tmp_path, "http://x", "e", address_markers=[""]))],
+        check=False,
+    )
+    assert empty.returncode == 2 and "an empty marker matches every text" in empty.stderr
 
 
 def test_diversify_against_llamafactory_api_with_the_tiny_model(tmp_path):

@@ -155,15 +155,17 @@ def test_sft_holds_the_facts_of_held_out_exam_items_it_met_only_in_pre_training(
 def test_sft_beats_cpt_on_rouge_and_judge(tiny_recipe):
     comparison = saves(tiny_recipe) / "eval" / "sft_vs_pt"
     rouge = read_json(comparison / "rouge.json")["summary"]["All"]
-    # measured (wins : losses of 134): 111 : 22, 114 : 19 (2026-11); 100 : 33 to 114 : 19 in nine runs (2026-12)
+    # measured (wins : losses of 134): 111 : 22, 114 : 19 (2026-11); in eleven runs of 2026-12 from 100 : 33 to
+    # 120 : 14; 113 : 20 since diversification rejects the generator's word salad (2026-12-08, twice, bit-identical)
     assert rouge["win"] >= 2 * rouge["loss"] and rouge["win_rate"] >= 0.65, rouge
     judge = read_json(comparison / "judge.json")
     every = judge["summary"]["All"]
     assert not judge["unparseable"], judge["unparseable"][:3]
-    # measured (wins : losses of 134, mean scores): 34 : 1, 1.63 vs 1.02; 29 : 1, 1.53 vs 1.02 (2026-11); in ten runs
-    # of 2026-12 10 : 1 to 26 : 1, 1.16 to 1.49 vs 1.06, the SFT data varying with the word salad diversification
-    # accepted as system prompts until 2026-12-08. The judge ties most answers (both name a wrong condition), so the
-    # margins are on the decided ones: 10 : 1 is p = 0.006 (sign test).
+    # measured (wins : losses of 134, mean scores SFT vs CPT): 34 : 1, 1.63 vs 1.02; 29 : 1, 1.53 vs 1.02 (2026-11);
+    # in eleven runs of 2026-12 whose SFT data held the generator's word salad as system prompts, from 10 : 1 (margin
+    # 0.097: the CI run that failed the former 0.1) and 16 : 4 (1.32 vs 1.10) to 26 : 1 (1.49 vs 1.06); since the salad
+    # is rejected (2026-12-08, twice, bit-identical) 11 : 1, 1.27 vs 1.06. The judge ties most answers (both name a
+    # wrong condition), so the margins are on the decided ones: 11 : 1 is p = 0.003 (sign test, one-sided).
     assert every["win"] >= 3 * max(every["loss"], 1) and every["mean_score_a"] >= every["mean_score_b"] + 0.05, every
     report = (comparison / "report.md").read_text(encoding="utf-8")
     assert "Reference-guided judge (kb-facts" in report and "Multiple-choice accuracy" in report
@@ -279,9 +281,9 @@ def test_diversification_keeps_what_the_world_model_writes_out_of_the_sft_system
     judge scores varied with them). None of those 320 addresses the model; the check that asks it
     (`address_markers`) rejects them, counted by reason, and every system prompt SFT sees addresses the model.
     The issue asks that this generator's instructions be accepted: it writes none (2026-12-08: 0 of 40 in the
-    rehearsal; with instruction documents for every department added to the CPT text, still word salad at
-    temperature 0.9, 0.3 and 0; the one or two candidates a run that held a marker were salad too, and passed:
-    the check is necessary, not sufficient)."""
+    rehearsal and in a second run). In a trial world whose CPT text also held instruction documents for every
+    department, the CPT model still wrote word salad at temperature 0.9, 0.3 and 0, and there one or two candidates
+    a run held a marker and passed: the check is necessary, not sufficient."""
     from sfmed_lf.data_prep.config import ADDRESS_MARKERS
 
     reports = diversify_reports(tiny_recipe)

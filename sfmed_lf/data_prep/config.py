@@ -171,8 +171,9 @@ class DiversifyConfig(EndpointOptions, StepConfig):
     max_similarity: float = option(0.6, help="Character-trigram Jaccard at which a candidate repeats a known one.")
     address_markers: list[str] = option(
         default_factory=lambda: list(ADDRESS_MARKERS),
-        help="An accepted instruction contains one of these: it addresses the model (a role, a request). "
-        "Rejects fact statements and word salad; [] checks nothing.",
+        help="Second-person and role markers: an accepted instruction contains one of these (it addresses the model: "
+        "a role, a request); candidates with none, such as fact statements and word salad, are rejected. A substring "
+        "test, Chinese by default; every seed must pass it. [] turns it off. YAML list: [你, 请].",
     )
 
     def __post_init__(self) -> None:
@@ -185,6 +186,8 @@ class DiversifyConfig(EndpointOptions, StepConfig):
             raise ValueError("max_chars must exceed min_chars.")
         if not 0 < self.max_similarity <= 1:
             raise ValueError("max_similarity must lie in (0, 1].")
+        if any(not marker.strip() for marker in self.address_markers):
+            raise ValueError("address_markers: an empty marker matches every text; remove it ([] turns the check off).")
 
 
 @dataclass

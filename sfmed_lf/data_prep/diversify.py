@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sfmed_lf.data_prep.config import DiversifyConfig
+from sfmed_lf.data_prep.config import ADDRESS_MARKERS, DiversifyConfig
 from sfmed_lf.errors import DataError
 from sfmed_lf.formats import fields
 from sfmed_lf.formats.conversation import Prompt
@@ -85,7 +85,7 @@ class InstructionCheck:
     min_chars: int
     max_chars: int
     max_similarity: float
-    address_markers: tuple[str, ...] = ()  # empty: not checked
+    address_markers: tuple[str, ...] = ADDRESS_MARKERS  # empty: not checked
     known: list[frozenset[str]] = field(default_factory=list)
 
     def remember(self, instruction: str) -> None:
@@ -159,6 +159,13 @@ class DiversifyStep:
                 f"at least {needed} (two banks of {config.history_pairs + 1})."
             )
         self.lexicon = Lexicon(config.lexicon)
+        markers = config.address_markers
+        unaddressed = [text for text in self.seeds if markers and not any(marker in text for marker in markers)]
+        if unaddressed:  # the markers do not fit these instructions (another language?): every candidate would fail
+            raise DataError(
+                f"{config.seeds}: {len(unaddressed)} seed instructions contain none of address_markers {markers}, "
+                f"e.g. {unaddressed[0]!r}; set address_markers for their language, or [] to skip the check."
+            )
 
     def provenance(self) -> dict[str, Any]:
         settings = asdict(self.config)
@@ -166,6 +173,10 @@ class DiversifyStep:
             settings.pop(volatile)
         settings["seeds"] = hashlib.sha256("\n".join(self.seeds).encode()).hexdigest()[:16]
         settings["lexicon"] = self.lexicon.digest
+        # order and repeats do not change the check; [] is how logs written before the check was added read
+        markers = settings.pop("address_markers")
+        if markers:
+            settings["address_markers"] = sorted(set(markers))
         return settings
 
     def round_prompt(self, banks: Banks, round_number: int) -> tuple[list[list[str]], str, list[dict[str, str]]]:
