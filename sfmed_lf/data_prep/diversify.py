@@ -78,6 +78,11 @@ def split_candidates(reply: str) -> list[str]:
     return candidates
 
 
+def addresses_the_model(text: str, markers: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``text`` holds one of ``markers`` (no markers: every text does)."""
+    return not markers or any(marker in text for marker in markers)
+
+
 @dataclass
 class InstructionCheck:
     lexicon: Lexicon
@@ -101,7 +106,7 @@ class InstructionCheck:
             return "too_long"
         if text[-1] not in _CLOSING or any(text.count(a) != text.count(b) for a, b in _PAIRS):
             return "incomplete"
-        if self.address_markers and not any(marker in text for marker in self.address_markers):
+        if not addresses_the_model(text, self.address_markers):
             return "not_addressed_to_the_model"
         if len(self.lexicon.terms_in(text)) < self.min_terms:
             return "too_few_medical_terms"
@@ -160,7 +165,7 @@ class DiversifyStep:
             )
         self.lexicon = Lexicon(config.lexicon)
         markers = config.address_markers
-        unaddressed = [text for text in self.seeds if markers and not any(marker in text for marker in markers)]
+        unaddressed = [text for text in self.seeds if not addresses_the_model(text, markers)]
         if unaddressed:  # the markers do not fit these instructions (another language?): every candidate would fail
             raise DataError(
                 f"{config.seeds}: {len(unaddressed)} seed instructions contain none of address_markers {markers}, "
